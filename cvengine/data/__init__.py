@@ -1,0 +1,1 @@
+"""COCO parsing, samples, augmentation and the demo data set."""

@@ -1,0 +1,198 @@
+"""The one COCO parser: contiguous label ids and their inverse, crowd and degenerate-box handling.
+
+COCO category ids (which may have gaps, e.g. 1..90) become contiguous labels 0..K-1 here, and go back
+to COCO ids here (`label_to_category_id`) when results are written. Nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from cvengine.errors import DataError
+
+# Boxes this small (in pixels, after clipping to the image) cannot be learned and are dropped.
+MIN_BOX_SIDE = 1.0
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"annotations file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not valid JSON (not UTF-8: {err.reason})") from None
+
+
+def _require_list(data: dict, key: str, path) -> list:
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise DataError(f"{path}: top-level '{key}' must be a list (COCO format); got {type(value).__name__}")
+    return value
+
+
+class CocoIndex:
+    """Images, categories and per-image targets of one COCO instances file, held as numpy arrays.
+
+    Per image i (position in `image_ids`), its annotations are rows `offsets[i]:offsets[i+1]` of
+      boxes_xyxy_abs  (A, 4) float32  absolute pixels, clipped to the image
+      labels          (A,)   int64    contiguous 0..K-1
+      iscrowd         (A,)   bool
+      ann_rows        (A,)   int64    index into the file's annotation list (for masks)
+    Degenerate boxes are already removed (counted in `num_degenerate`). Crowd rows stay here so that
+    evaluation can treat them as crowd; training targets drop them.
+    """
+
+    def __init__(self, data: dict, annotations_path: str, images_dir: str, keep_segmentation: bool = False):
+        path = annotations_path
+        self.annotations_path = str(annotations_path)
+        self.images_dir = str(images_dir)
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: top level must be a JSON object with images, annotations, categories")
+        images = _require_list(data, "images", path)
+        annotations = data.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise DataError(f"{path}: top-level 'annotations' must be a list")
+        categories = _require_list(data, "categories", path)
+
+        # Categories -> contiguous labels, ordered by COCO id.
+        try:
+            categories = sorted(categories, key=lambda c: int(c["id"]))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: every category needs an integer 'id'") from None
+        self.categories = categories
+        self.label_to_category_id = np.array([int(c["id"]) for c in categories], dtype=np.int64)
+        if len(set(self.label_to_category_id.tolist())) != len(categories):
+            dup = _first_duplicate(self.label_to_category_id.tolist())
+            raise DataError(f"{path}: duplicate category id {dup}")
+        self.category_id_to_label = {int(cid): i for i, cid in enumerate(self.label_to_category_id)}
+        self.class_names = [str(c.get("name", c["id"])) for c in categories]
+
+        # Images.
+        try:
+            self.image_ids = np.array([int(im["id"]) for im in images], dtype=np.int64)
+            self.file_names = [str(im["file_name"]) for im in images]
+            self.widths = np.array([int(im.get("width", 0)) for im in images], dtype=np.int64)
+            self.heights = np.array([int(im.get("height", 0)) for im in images], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as err:
+            bad = next((im for im in images if not isinstance(im, dict) or "id" not in im or "file_name" not in im), None)
+            raise DataError(f"{path}: image record {bad!r} needs 'id' and 'file_name' ({err})") from None
+        if len(np.unique(self.image_ids)) != len(self.image_ids):
+            raise DataError(f"{path}: duplicate image id {_first_duplicate(self.image_ids.tolist())}")
+        order = np.argsort(self.image_ids, kind="stable")
+        sorted_ids = self.image_ids[order]
+
+        # Annotations, vectorised: one pass to pull fields, then numpy for the rest.
+        n = len(annotations)
+        try:
+            ann_image_ids = np.fromiter((a["image_id"] for a in annotations), dtype=np.int64, count=n)
+            ann_cat_ids = np.fromiter((a["category_id"] for a in annotations), dtype=np.int64, count=n)
+            ann_crowd = np.fromiter((a.get("iscrowd", 0) for a in annotations), dtype=bool, count=n)
+            flat = np.fromiter((v for a in annotations for v in _bbox_of(a)), dtype=np.float64, count=4 * n)
+        except (KeyError, TypeError, ValueError, _BadBox) as err:
+            bad = _first_bad_annotation(annotations)
+            raise DataError(f"{path}: annotation {bad} is malformed ({err}); it needs image_id, category_id and bbox [x, y, w, h]") from None
+        xywh = flat.reshape(n, 4)
+
+        pos = np.searchsorted(sorted_ids, ann_image_ids)
+        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+        known_image = (sorted_ids[pos] == ann_image_ids) if len(sorted_ids) else np.zeros(n, bool)
+        if not known_image.all():
+            i = int(np.flatnonzero(~known_image)[0])
+            raise DataError(f"{path}: annotation id {annotations[i].get('id')} refers to unknown image_id {int(ann_image_ids[i])}")
+        image_index = order[pos]
+
+        cat_sorted = np.sort(self.label_to_category_id)
+        cpos = np.clip(np.searchsorted(self.label_to_category_id, ann_cat_ids), 0, max(len(cat_sorted) - 1, 0))
+        known_cat = (self.label_to_category_id[cpos] == ann_cat_ids) if len(cat_sorted) else np.zeros(n, bool)
+        if not known_cat.all():
+            i = int(np.flatnonzero(~known_cat)[0])
+            raise DataError(
+                f"{path}: annotation id {annotations[i].get('id')} has unknown category_id {int(ann_cat_ids[i])}"
+                f" (known: {self.label_to_category_id.tolist()})"
+            )
+        labels = cpos.astype(np.int64)
+
+        # xywh -> xyxy, clipped to the image; drop boxes that collapse.
+        w_img = self.widths[image_index].astype(np.float64)
+        h_img = self.heights[image_index].astype(np.float64)
+        x0 = np.clip(xywh[:, 0], 0, w_img)
+        y0 = np.clip(xywh[:, 1], 0, h_img)
+        x1 = np.clip(xywh[:, 0] + xywh[:, 2], 0, w_img)
+        y1 = np.clip(xywh[:, 1] + xywh[:, 3], 0, h_img)
+        keep = ((x1 - x0) > MIN_BOX_SIDE) & ((y1 - y0) > MIN_BOX_SIDE)
+        # Crowd regions are kept whatever their size: the evaluator needs them to ignore detections.
+        keep |= ann_crowd
+        self.num_degenerate = int((~keep).sum())
+
+        rows = np.flatnonzero(keep)
+        by_image = np.argsort(image_index[rows], kind="stable")
+        rows = rows[by_image]
+        self.boxes_xyxy_abs = np.stack([x0, y0, x1, y1], axis=1)[rows].astype(np.float32)
+        self.labels = labels[rows]
+        self.iscrowd = ann_crowd[rows]
+        self.ann_rows = rows.astype(np.int64)
+        counts = np.bincount(image_index[rows], minlength=len(images))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # Masks are decoded lazily from these (polygons / RLE) by the segmentation tasks.
+        self.segmentations = [annotations[r].get("segmentation") for r in rows] if keep_segmentation else None
+
+    @classmethod
+    def load(cls, annotations_path: str | os.PathLike, images_dir: str | os.PathLike, keep_segmentation: bool = False) -> "CocoIndex":
+        data = read_json(annotations_path)
+        return cls(data, str(annotations_path), str(images_dir), keep_segmentation=keep_segmentation)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def image_path(self, i: int) -> str:
+        return os.path.join(self.images_dir, self.file_names[i])
+
+    def targets(self, i: int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (A, 4) float32 xyxy absolute and labels (A,) int64 of image position i."""
+        s, e = self.offsets[i], self.offsets[i + 1]
+        boxes, labels = self.boxes_xyxy_abs[s:e], self.labels[s:e]
+        if not include_crowd:
+            keep = ~self.iscrowd[s:e]
+            boxes, labels = boxes[keep], labels[keep]
+        return boxes, labels
+
+
+class _BadBox(Exception):
+    pass
+
+
+def _bbox_of(annotation: dict):
+    box = annotation["bbox"]
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise _BadBox(f"bbox {box!r} is not [x, y, w, h]")
+    return box
+
+
+def _first_bad_annotation(annotations: list) -> str:
+    for a in annotations:
+        try:
+            int(a["image_id"]), int(a["category_id"])
+            [float(v) for v in _bbox_of(a)]
+            int(a.get("iscrowd", 0))
+        except Exception:
+            return f"id {a.get('id') if isinstance(a, dict) else '?'}"
+    return "?"
+
+
+def _first_duplicate(values: list):
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None

@@ -1,0 +1,43 @@
+"""Reading images the way a model wants them: EXIF orientation applied, always 8-bit RGB."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cvengine.errors import DataError
+
+# Refuse decompression bombs with our own error rather than PIL's warning/exception mix.
+Image.MAX_IMAGE_PIXELS = 1 << 28
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA, CMYK and 16/32-bit images -> 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float data: scale the actual value range to 0..255 instead of clipping.
+        arr = np.asarray(image, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        image = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become black, as they would be shown on a black canvas.
+        image = image.convert("RGBA")
+        canvas = Image.new("RGB", image.size, (0, 0, 0))
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises DataError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(to_rgb(image))
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} is too large to decode safely: {err}") from None

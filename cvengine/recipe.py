@@ -1,0 +1,288 @@
+"""Typed TOML recipes: one attrs class per section, dotted command-line overrides, typo detection.
+
+Every field here is read by exactly one consumer; a key that nothing reads does not exist.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import attrs
+import tomli
+import tomli_w
+
+from cvengine.errors import RecipeError
+
+TASKS = (
+    "detection",
+    "classification",
+    "semantic_segmentation",
+    "instance_segmentation",
+    "panoptic_segmentation",
+)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def _one_of(choices):
+    def check(instance, attribute, value):
+        if value not in choices:
+            raise RecipeError(f"'{attribute.name}' must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _positive(instance, attribute, value):
+    if value is not None and value <= 0:
+        raise RecipeError(f"'{attribute.name}' must be > 0; got {value!r}")
+
+
+def _non_negative(instance, attribute, value):
+    if value is not None and value < 0:
+        raise RecipeError(f"'{attribute.name}' must be >= 0; got {value!r}")
+
+
+@attrs.define
+class ModelSection:
+    # Hugging Face hub id or a local folder holding config.json (+ weights, preprocessor_config.json).
+    name: str
+    # true: the checkpoint's weights; false: the same architecture, randomly initialised.
+    pretrained: bool = True
+
+
+@attrs.define
+class SplitSection:
+    images: str
+    # COCO json; optional only for layouts that carry labels in folder names (classification).
+    annotations: Optional[str] = None
+
+
+@attrs.define
+class DataSection:
+    root: Optional[str] = None
+    batch_size: int = attrs.field(default=8, validator=_positive)
+    num_workers: int = attrs.field(default=2, validator=_non_negative)
+    # Shorter side (or square side for fixed-size models) in pixels; overrides the processor's size,
+    # scaling its longest-edge limit by the same factor.
+    image_size: Optional[int] = attrs.field(default=None, validator=_positive)
+    train: Optional[SplitSection] = None
+    val: Optional[SplitSection] = None
+    test: Optional[SplitSection] = None
+
+
+@attrs.define
+class AugmentSection:
+    enabled: bool = True
+    # Albumentations transforms by class name with their arguments, e.g.
+    # [{name = "HorizontalFlip", p = 0.5}]. Empty: the task's default pipeline.
+    transforms: list = attrs.Factory(list)
+
+
+@attrs.define
+class TrainSection:
+    max_epochs: int = attrs.field(default=10, validator=_positive)
+    lr: float = attrs.field(default=1e-4, validator=_positive)
+    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
+    backbone_lr_mult: float = attrs.field(default=0.1, validator=_non_negative)
+    warmup_ratio: float = attrs.field(default=0.0, validator=_non_negative)
+    precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
+    # Max global gradient norm; 0 disables clipping.
+    grad_clip: float = attrs.field(default=0.1, validator=_non_negative)
+    accumulate: int = attrs.field(default=1, validator=_positive)
+    seed: int = 42
+    output_dir: str = "runs"
+    # Metric that selects the best checkpoint and drives early stopping; empty: the task's main metric.
+    monitor: Optional[str] = None
+    # Epochs without improvement of `monitor` before stopping; 0 disables early stopping.
+    early_stopping_patience: int = attrs.field(default=0, validator=_non_negative)
+    # "last" (the newest run of the experiment, or tracking.run_name's) or a checkpoint folder.
+    resume: Optional[str] = None
+    compile: bool = False
+    log_every_steps: int = attrs.field(default=10, validator=_positive)
+
+
+@attrs.define
+class TrackingSection:
+    # MLflow tracking URI; empty: sqlite:///<output_dir>/mlflow.db. "databricks" on Databricks.
+    uri: Optional[str] = None
+    experiment: str = "cvengine"
+    # Also the run folder's name; empty: <model family>-<timestamp>.
+    run_name: Optional[str] = None
+
+
+@attrs.define
+class Recipe:
+    task: str = attrs.field(validator=_one_of(TASKS))
+    model: ModelSection
+    data: DataSection = attrs.Factory(DataSection)
+    augment: AugmentSection = attrs.Factory(AugmentSection)
+    train: TrainSection = attrs.Factory(TrainSection)
+    tracking: TrackingSection = attrs.Factory(TrackingSection)
+    # Where the recipe came from, for error messages and relative paths; not a TOML key.
+    source: Optional[str] = attrs.field(default=None, kw_only=True, eq=False)
+
+    def resolve_path(self, path: str) -> str:
+        """A data path as given in the recipe: absolute as is, else under data.root (or the cwd)."""
+        if path.startswith(("dbfs:", "s3:", "gs:", "abfss:")) or os.path.isabs(path):
+            return path
+        base = self.data.root if self.data.root is not None else os.getcwd()
+        return os.path.abspath(os.path.join(base, path))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Structuring plain dicts into the attrs classes, with the error messages users need.
+
+
+def _is_attrs(tp) -> bool:
+    return isinstance(tp, type) and attrs.has(tp)
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _structure(cls, data: Any, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise RecipeError(f"'{prefix or 'recipe'}' must be a table in {where}; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+            raise RecipeError(f"unknown key '{dotted}' in {where}{hint}")
+        kwargs[key] = _coerce(hints[key], value, dotted, where)
+    missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
+    if missing:
+        raise RecipeError(f"missing key '{prefix}{missing[0]}' in {where}")
+    try:
+        return cls(**kwargs)
+    except RecipeError as err:
+        raise RecipeError(f"{where}: [{prefix.rstrip('.') or 'recipe'}] {err}") from None
+
+
+def _coerce(tp, value, dotted: str, where: str):
+    tp, optional = _unwrap_optional(tp)
+    if value is None and optional:
+        return None
+    if _is_attrs(tp):
+        return _structure(tp, value, dotted + ".", where)
+    origin = typing.get_origin(tp) or tp
+    if origin is bool:
+        ok = isinstance(value, bool)
+    elif origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif origin is str:
+        ok = isinstance(value, str)
+    elif origin is list:
+        ok = isinstance(value, list)
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise RecipeError(f"'{dotted}' in {where} must be {_type_name(origin)}; got {value!r}")
+    return value
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomli.loads(f"v = {raw}")["v"]
+    except tomli.TOMLDecodeError:
+        value = raw  # a bare word such as `train.resume=last` is a string
+    return key.split("."), value
+
+
+def _known_keys(cls, prefix="") -> list[str]:
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in attrs.fields(cls):
+        if f.name == "source":
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        out.append(prefix + f.name)
+        if _is_attrs(tp):
+            out.extend(_known_keys(tp, prefix + f.name + "."))
+    return out
+
+
+def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple = ()) -> Recipe:
+    """Read a TOML recipe (a path, or an already-parsed dict) and apply `section.key=value` overrides."""
+    if isinstance(source, dict):
+        data, where = dict(source), "the recipe dict"
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomli.load(fh)
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file not found: {path}") from None
+        except tomli.TOMLDecodeError as err:
+            raise RecipeError(f"{path} is not valid TOML: {err}") from None
+    recipe = _structure(Recipe, data, "", where)  # validate the file on its own first
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+        dotted = ".".join(keys)
+        if dotted not in _known_keys(Recipe) and not dotted.startswith("augment.transforms"):
+            close = difflib.get_close_matches(dotted, _known_keys(Recipe), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"unknown key '{dotted}' in override '{text}'{hint}")
+        recipe = _structure(Recipe, data, "", f"override '{text}'")
+    recipe.source = None if isinstance(source, dict) else str(source)
+    return recipe
+
+
+def _drop_none(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    data = attrs.asdict(recipe, filter=lambda a, v: a.name != "source")
+    return _drop_none(data)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return tomli_w.dumps(recipe_to_dict(recipe))
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1e-4}} -> {'train.lr': 1e-4}, for MLflow params."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
