@@ -102,6 +102,8 @@ class TrainSection:
     resume: Optional[str] = None
     compile: bool = False
     log_every_steps: int = attrs.field(default=10, validator=_positive)
+    # Evaluate (and save checkpoints) every N epochs, and always after the last one.
+    eval_every_epochs: int = attrs.field(default=1, validator=_positive)
 
 
 @attrs.define

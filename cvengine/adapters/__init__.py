@@ -1,0 +1,84 @@
+"""The adapter registry: task -> Hugging Face `config.model_type` -> adapter class.
+
+Explicit and greppable. A family is listed here only when a test trains a tiny model of it through
+the whole path (tests/test_adapters.py is parametrised over this dict).
+"""
+from __future__ import annotations
+
+import os
+
+from cvengine.adapters.detection import DetrFamilyAdapter
+from cvengine.errors import RecipeError
+
+ADAPTERS: dict[str, dict[str, type]] = {
+    "detection": {
+        "detr": DetrFamilyAdapter,
+        "conditional_detr": DetrFamilyAdapter,
+        "deformable_detr": DetrFamilyAdapter,
+        "dab-detr": DetrFamilyAdapter,
+        "rt_detr": DetrFamilyAdapter,
+        "rt_detr_v2": DetrFamilyAdapter,
+        "d_fine": DetrFamilyAdapter,
+        "yolos": DetrFamilyAdapter,
+    },
+}
+
+
+def _auto_model_class(task: str):
+    import transformers
+
+    return {
+        "detection": transformers.AutoModelForObjectDetection,
+    }[task]
+
+
+def supported_families(task: str) -> list[str]:
+    return sorted(ADAPTERS.get(task, {}))
+
+
+def load_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        where = "local folder" if os.path.isdir(name) else "hub id"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"model.name '{name}' ({where}) could not be loaded: {first}") from None
+
+
+def adapter_class(task: str, model_type: str, name: str = "") -> type:
+    families = ADAPTERS.get(task, {})
+    if model_type not in families:
+        raise RecipeError(
+            f"model.name '{name}' is a '{model_type}' model, which cvengine does not support for {task}; "
+            f"supported families: {', '.join(sorted(families)) or 'none yet'}"
+        )
+    return families[model_type]
+
+
+def load_model(name: str, pretrained: bool, task: str, class_names: list[str]):
+    """(model, processor, config.model_type) for `name` (hub id or local folder) with a head of
+    len(class_names) classes, id2label set to the dataset's class names."""
+    from transformers import AutoImageProcessor
+
+    config = load_config(name)
+    adapter_class(task, config.model_type, name)
+    id2label = {i: n for i, n in enumerate(class_names)}
+    label2id = {n: i for i, n in id2label.items()}
+    overrides = {"num_labels": len(class_names), "id2label": id2label, "label2id": label2id}
+    # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
+    if hasattr(config, "use_pretrained_backbone"):
+        overrides["use_pretrained_backbone"] = False
+    auto = _auto_model_class(task)
+    if pretrained:
+        model = auto.from_pretrained(name, ignore_mismatched_sizes=True, **overrides)
+    else:
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        model = auto.from_config(config)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"model.name '{name}': no image processor (preprocessor_config.json) could be loaded: {str(err).splitlines()[0]}") from None
+    return model, processor, config.model_type

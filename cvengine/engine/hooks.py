@@ -1,0 +1,143 @@
+"""Hook objects: the only extension points of the loop.
+
+The engine calls, in this order:
+  on_fit_start → (on_epoch_start → on_step_end* [on_log] → on_eval_end → on_epoch_end)* → on_fit_end
+Hooks read the engine's public attributes (recipe, accelerator, model, run_dir) and talk back only
+through `state` (e.g. `state.should_stop = True`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import attrs
+
+log = logging.getLogger("cvengine")
+
+
+@attrs.define
+class TrainState:
+    """Counters and results the loop and its hooks share; saved with every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0  # optimizer steps taken
+    should_stop: bool = False
+    metrics: dict = attrs.Factory(dict)  # the last evaluation's metrics
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    improved: bool = False  # the last evaluation set a new best
+    evaluated: bool = False  # this epoch ended with an evaluation (checkpoints are saved then)
+    epochs_without_improvement: int = 0
+    history: list = attrs.Factory(list)  # one row per epoch: epoch, train loss, metrics, seconds
+    status: str = "RUNNING"  # RUNNING, FINISHED, FAILED
+
+    def state_dict(self) -> dict:
+        return attrs.asdict(self)
+
+    def load_state_dict(self, data: dict) -> None:
+        for key, value in data.items():
+            setattr(self, key, value)
+
+
+class Callback:
+    """Base class: override the events you need. Every method receives the engine and the state."""
+
+    def on_fit_start(self, engine, state: TrainState) -> None: ...
+
+    def on_epoch_start(self, engine, state: TrainState) -> None: ...
+
+    def on_step_end(self, engine, state: TrainState) -> None: ...
+
+    def on_log(self, engine, state: TrainState, logs: dict) -> None:
+        """Every `train.log_every_steps` optimizer steps, with averaged losses, lr and images/s."""
+
+    def on_eval_end(self, engine, state: TrainState, metrics: dict) -> None: ...
+
+    def on_epoch_end(self, engine, state: TrainState) -> None: ...
+
+    def on_fit_end(self, engine, state: TrainState) -> None:
+        """Always called, also after a failure (then `state.status == "FAILED"`)."""
+
+
+class EarlyStopping(Callback):
+    """Stops when the monitored metric has not improved for `patience` evaluations."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_epoch_end(self, engine, state):
+        if state.epochs_without_improvement >= self.patience:
+            log.info(f"early stopping: {engine.monitor} has not improved for {self.patience} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+            state.should_stop = True
+
+
+class LearningRateMonitor(Callback):
+    """Adds the learning rate of every parameter group to the logs."""
+
+    def on_log(self, engine, state, logs):
+        for i, group in enumerate(engine.optimizer.param_groups):
+            logs[f"lr/{group.get('name', i)}"] = group["lr"]
+
+
+class Progress(Callback):
+    """A bar per epoch with loss and images/s; a summary table at the end. Main process only."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+
+    def on_epoch_start(self, engine, state):
+        if not (self.enabled and engine.accelerator.is_main_process):
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=engine.steps_per_epoch, desc=f"epoch {state.epoch + 1}/{engine.recipe.train.max_epochs}", leave=False, dynamic_ncols=True)
+
+    def on_step_end(self, engine, state):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_log(self, engine, state, logs):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{logs['train/loss']:.4f}", img_s=f"{logs['train/images_per_s']:.1f}")
+
+    def on_eval_end(self, engine, state, metrics):
+        if engine.accelerator.is_main_process:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.count("/") == 1 and not math.isnan(v))
+            log.info(f"epoch {state.epoch + 1}: {shown}")
+
+    def on_epoch_end(self, engine, state):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_fit_end(self, engine, state):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not (self.enabled and engine.accelerator.is_main_process and state.history):
+            return
+        keys = [engine.monitor] + [k for k in ("val/map_50", "val/accuracy", "val/miou", "val/pq") if k != engine.monitor and k in state.history[-1]]
+        header = f"{'epoch':>5}  {'train/loss':>10}  " + "  ".join(f"{k:>12}" for k in keys) + f"  {'seconds':>8}"
+        lines = [header]
+        for row in state.history:
+            mark = " *" if row["epoch"] == state.best_epoch else ""
+            vals = "  ".join(f"{row.get(k, float('nan')):>12.4f}" for k in keys)
+            lines.append(f"{row['epoch']:>5}  {row.get('train/loss', float('nan')):>10.4f}  {vals}  {row['seconds']:>8.1f}{mark}")
+        log.info("\n".join(lines) + f"\n(* best {engine.monitor}; run folder {engine.run_dir})")
+
+
+class Timer:
+    """Images/s over a window of steps."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.images / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,84 @@
+"""MLflow as a hook: params (the flattened resolved recipe), metrics per log step and per epoch,
+the recipe, metrics.json and the exported model folder as artifacts. Main process only."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from cvengine.engine.hooks import Callback
+from cvengine.recipe import flatten, recipe_to_dict
+
+log = logging.getLogger("cvengine")
+
+# MLflow refuses param values longer than this.
+_MAX_PARAM_CHARS = 6000
+
+
+def default_tracking_uri(output_dir: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(output_dir), "mlflow.db")
+
+
+def tracking_uri(recipe) -> str:
+    return recipe.tracking.uri or default_tracking_uri(recipe.train.output_dir)
+
+
+class MLflowHook(Callback):
+    def __init__(self, log_model: bool = True):
+        self.log_model = log_model
+        self.run_id = None
+
+    def on_fit_start(self, engine, state):
+        if not engine.accelerator.is_main_process:
+            return
+        import mlflow
+
+        recipe = engine.recipe
+        mlflow.set_tracking_uri(tracking_uri(recipe))
+        run_file = Path(engine.run_dir) / "mlflow_run.json"
+        previous = json.loads(run_file.read_text()).get("run_id") if run_file.exists() else None
+        if previous and engine.resume_from is not None:
+            mlflow.start_run(run_id=previous)
+        else:
+            mlflow.set_experiment(recipe.tracking.experiment)
+            mlflow.start_run(run_name=Path(engine.run_dir).name)
+            params = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(recipe_to_dict(recipe)).items()}
+            mlflow.log_params(params)
+            import cvengine
+
+            mlflow.set_tags({"cvengine.task": recipe.task, "cvengine.model_family": engine.model_family, "cvengine.version": cvengine.__version__, "cvengine.run_dir": str(engine.run_dir)})
+            mlflow.log_artifact(str(Path(engine.run_dir) / "recipe.toml"))
+        self.run_id = mlflow.active_run().info.run_id
+        run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": tracking_uri(recipe)}))
+
+    def on_log(self, engine, state, logs):
+        if self.run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in logs.items()}, step=state.global_step)
+
+    def on_eval_end(self, engine, state, metrics):
+        if self.run_id is None:
+            return
+        import mlflow
+
+        scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalar["epoch"] = state.epoch + 1
+        mlflow.log_metrics(scalar, step=state.global_step)
+
+    def on_fit_end(self, engine, state):
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            run_dir = Path(engine.run_dir)
+            if (run_dir / "metrics.json").exists():
+                mlflow.log_artifact(str(run_dir / "metrics.json"))
+            if self.log_model and (run_dir / "model").exists():
+                mlflow.log_artifacts(str(run_dir / "model"), artifact_path="model")
+        finally:
+            mlflow.end_run(status="FINISHED" if state.status == "FINISHED" else "FAILED")
+            self.run_id = None
