@@ -16,6 +16,12 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except CvengineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error of ours.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -23,13 +29,11 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
 
 
 def _quiet_libraries() -> None:
-    """Per-file progress bars of transformers drown the training log."""
-    try:
-        from transformers.utils import logging as hf_logging
+    """Per-file progress bars and notices of transformers drown the training log. Environment
+    variables (read when transformers is imported) rather than an import here: the data CLIs stay fast."""
+    import os
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Accelerate logs every file of every checkpoint it saves.
     logging.getLogger("accelerate").setLevel(logging.WARNING)

@@ -1,0 +1,37 @@
+"""`python -m cvengine.models` lists the supported model families per task;
+`python -m cvengine.models create FAMILY DIR` writes a small random-init checkpoint folder of a
+family (for training from scratch on small images, the demo job and tests)."""
+from __future__ import annotations
+
+import argparse
+
+from cvengine.cli import run_cli
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cvengine.models", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    create = sub.add_parser("create", help="write a small random-init checkpoint folder of a family")
+    create.add_argument("family", help="config.model_type, e.g. rt_detr (see `python -m cvengine.models`)")
+    create.add_argument("out_dir")
+    create.add_argument("--task", default="detection")
+    create.add_argument("--num-labels", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    from cvengine.adapters import ADAPTERS
+
+    if args.command == "create":
+        from cvengine.adapters.tiny import create_tiny
+
+        path = create_tiny(args.task, args.family, args.out_dir, num_labels=args.num_labels)
+        print(f"wrote a random-init {args.family} checkpoint folder for {args.task}: {path}")
+        return 0
+    for task, families in ADAPTERS.items():
+        print(f"{task}:")
+        for family, adapter in sorted(families.items()):
+            print(f"  {family:<20} {adapter.__name__}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

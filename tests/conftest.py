@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random checkpoints saved to disk, demo data sets, CLI runner.
+
+Tests use real parts: real image files, a real MLflow store on disk, real subprocesses.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Two threads showed erratic 10-100x slowdowns on small CI machines; model hubs are unreachable.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(task, family, num_labels=10) -> folder of a small random-init checkpoint, built
+    once per session and loaded by path through the same from_pretrained code as a hub id."""
+    from cvengine.adapters.tiny import create_tiny
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache: dict = {}
+
+    def make(task: str, family: str, num_labels: int = 10) -> str:
+        key = (task, family, num_labels)
+        if key not in cache:
+            cache[key] = str(create_tiny(task, family, root / f"{task}-{family}-{num_labels}", num_labels=num_labels))
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_detection(tmp_path_factory) -> Path:
+    """The digits demo detection data set: 16 train and 8 val images (train/, val/ with images/ and
+    annotations.json)."""
+    from cvengine.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_detection")
+    make_demo(root, task="detection", seed=0, num_train=16, num_val=8)
+    return root
+
+
+def detection_recipe(data_root: Path, model: str, output_dir: Path, **train) -> dict:
+    """A recipe dict for the demo data, small and fast; `train` overrides [train] keys."""
+    return {
+        "task": "detection",
+        "model": {"name": str(model), "pretrained": True},
+        "data": {
+            "root": str(data_root),
+            "batch_size": 4,
+            "num_workers": 0,
+            "train": {"images": "train/images", "annotations": "train/annotations.json"},
+            "val": {"images": "val/images", "annotations": "val/annotations.json"},
+        },
+        "augment": {"enabled": False},
+        "train": {"max_epochs": 2, "lr": 1e-3, "output_dir": str(output_dir), "log_every_steps": 1, **train},
+        "tracking": {"experiment": "tests"},
+    }
+
+
+def run_module(module: str, *args: str, cwd: Path | str | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m <module> args…` in a subprocess, as a user would run it."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
