@@ -14,7 +14,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except CvengineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error of ours.
@@ -26,6 +26,16 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing line of an error. A DataLoader worker re-raises our errors with the worker's
+    traceback folded into the message; the last line holds the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("cvengine.errors.", "DataError", "RecipeError")) and ": " in last else last
+    return text
 
 
 def _quiet_libraries() -> None:
