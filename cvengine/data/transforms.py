@@ -78,14 +78,10 @@ class ResizePolicy:
         if "height" in s and "width" in s:
             return int(s["height"]), int(s["width"])
         if "shortest_edge" in s:
-            short = s["shortest_edge"]
-            longest = s.get("longest_edge")
-            lo, hi = min(h, w), max(h, w)
-            if longest is not None and hi / lo * short > longest:
-                short = int(round(longest * lo / hi))
-            if w <= h:
-                return int(short * h / w), short
-            return short, int(short * w / h)
+            # transformers' own rule (rounding included), so that sizes match the processor exactly.
+            from transformers.image_transforms import get_size_with_aspect_ratio
+
+            return tuple(get_size_with_aspect_ratio((h, w), int(s["shortest_edge"]), s.get("longest_edge")))
         if "longest_edge" in s:
             scale = s["longest_edge"] / max(h, w)
             return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
