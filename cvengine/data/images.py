@@ -19,7 +19,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(arr.astype(np.uint8), mode="L")
+        image = Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels become black, as they would be shown on a black canvas.
         image = image.convert("RGBA")

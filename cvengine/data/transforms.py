@@ -7,6 +7,7 @@ uint8 padding in collate, and rescale + normalize as one fused op on the device.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,17 @@ def build_augment(transforms: list[dict], enabled: bool, with_boxes: bool, with_
         cls = getattr(A, str(spec["name"]), None)
         if cls is None or not isinstance(cls, type):
             raise RecipeError(f"{key}: '{spec['name']}' is not an Albumentations transform")
-        try:
-            steps.append(cls(**kwargs))
-        except Exception as err:  # albumentations validates arguments with pydantic
-            raise RecipeError(f"{key} ({spec['name']}): {err}".splitlines()[0]) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                steps.append(cls(**kwargs))
+            except Exception as err:  # albumentations validates arguments with pydantic
+                detail = " ".join(line.strip() for line in str(err).splitlines()[:3])
+                raise RecipeError(f"{key} ({spec['name']}): {detail}") from None
+        # Albumentations only warns about unknown arguments; a typo in a recipe must not pass silently.
+        for w in caught:
+            if "are not valid for transform" in str(w.message):
+                raise RecipeError(f"{key} ({spec['name']}): {w.message}")
     bbox_params = None
     if with_boxes:
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_area=1.0, min_visibility=0.1, clip=True)

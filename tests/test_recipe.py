@@ -1,0 +1,80 @@
+"""Typed TOML recipes: types, typos with suggestions, overrides, the resolved recipe round trip."""
+from __future__ import annotations
+
+import pytest
+
+from cvengine.errors import RecipeError
+from cvengine.recipe import dump_recipe, flatten, load_recipe, recipe_to_dict
+
+BASE = {"task": "detection", "model": {"name": "some/model"}}
+
+
+def test_defaults_and_overrides_with_types(tmp_path):
+    recipe = load_recipe(BASE, ["train.max_epochs=3", "train.lr=3e-4", "train.resume=last", "data.train={images='a', annotations='b.json'}", "train.compile=true"])
+    assert recipe.train.max_epochs == 3 and recipe.train.lr == pytest.approx(3e-4)
+    assert recipe.train.resume == "last" and recipe.train.compile is True
+    assert recipe.data.train.images == "a" and recipe.data.train.annotations == "b.json"
+    assert recipe.train.precision == "auto" and recipe.tracking.experiment == "cvengine"
+    # an int is a valid float
+    assert load_recipe(BASE, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_epoch=3", "unknown key 'train.max_epoch' in override 'train.max_epoch=3'; did you mean 'train.max_epochs'?"),
+        ("trian.lr=1", "unknown key 'trian.lr'"),
+        ("train.lr=fast", "'train.lr' in override 'train.lr=fast' must be float; got 'fast'"),
+        ("train.max_epochs=2.5", "'train.max_epochs' in override 'train.max_epochs=2.5' must be int"),
+        ("train.precision=fp8", "'precision' must be one of auto, fp32, fp16, bf16"),
+        ("task=segmentation", "'task' must be one of detection"),
+        ("train.max_epochs=0", "'max_epochs' must be > 0"),
+        ("train", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(BASE, [override])
+    assert message in str(err.value)
+
+
+def test_typo_in_file_names_the_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('task = "detection"\n[model]\nname = "x"\n[train]\nmax_epoch = 3\n')
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"unknown key 'train.max_epoch' in {path}; did you mean 'train.max_epochs'?"
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("task = \n")
+    with pytest.raises(RecipeError, match=f"{path} is not valid TOML"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.toml")
+    with pytest.raises(RecipeError, match="missing key 'model'"):
+        load_recipe({"task": "detection"})
+
+
+def test_toml_1_1_syntax_is_accepted(tmp_path):
+    # tomli parses TOML 1.1 (multi-line inline tables), which Python 3.11's tomllib rejects.
+    path = tmp_path / "r.toml"
+    path.write_text('task = "detection"\nmodel = {\n  name = "x",\n  pretrained = false,\n}\n')
+    assert load_recipe(path).model.pretrained is False
+
+
+def test_dump_round_trips(tmp_path):
+    recipe = load_recipe(BASE, ["train.max_epochs=7", "augment.transforms=[{name='HorizontalFlip', p=0.5}]"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(dump_recipe(recipe))
+    again = load_recipe(path)
+    assert recipe_to_dict(again) == recipe_to_dict(recipe)
+    flat = flatten(recipe_to_dict(recipe))
+    assert flat["train.max_epochs"] == 7 and flat["model.name"] == "some/model"
+
+
+def test_paths_resolve_under_data_root(tmp_path):
+    recipe = load_recipe(BASE, [f"data.root='{tmp_path}'"])
+    assert recipe.resolve_path("train/images") == str(tmp_path / "train" / "images")
+    assert recipe.resolve_path("/Volumes/cat/schema/vol/images") == "/Volumes/cat/schema/vol/images"
