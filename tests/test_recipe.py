@@ -78,3 +78,13 @@ def test_paths_resolve_under_data_root(tmp_path):
     recipe = load_recipe(BASE, [f"data.root='{tmp_path}'"])
     assert recipe.resolve_path("train/images") == str(tmp_path / "train" / "images")
     assert recipe.resolve_path("/Volumes/cat/schema/vol/images") == "/Volumes/cat/schema/vol/images"
+
+
+def test_every_shipped_recipe_loads():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.model.name and recipe.task
