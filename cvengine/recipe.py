@@ -116,6 +116,62 @@ class TrackingSection:
 
 
 @attrs.define
+class RayOnSparkSection:
+    # Starts Ray on the workers of a Databricks (Spark) cluster with ray.util.spark.setup_ray_cluster
+    # for the length of the run; the arguments are passed through. Empty values: Ray's defaults.
+    max_worker_nodes: int = attrs.field(validator=_positive)
+    min_worker_nodes: Optional[int] = attrs.field(default=None, validator=_non_negative)
+    num_cpus_worker_node: Optional[int] = attrs.field(default=None, validator=_positive)
+    num_gpus_worker_node: Optional[int] = attrs.field(default=None, validator=_non_negative)
+    num_cpus_head_node: Optional[int] = attrs.field(default=None, validator=_non_negative)
+    num_gpus_head_node: Optional[int] = attrs.field(default=None, validator=_non_negative)
+    # Where Ray's logs are copied, e.g. a /Volumes/... folder (they vanish with the cluster otherwise).
+    collect_log_to_path: Optional[str] = None
+
+
+@attrs.define
+class DistributedSection:
+    # "accelerate": this process (one or many devices through `accelerate launch`);
+    # "ray": Ray Train runs the same engine on num_workers workers, on one or many nodes.
+    backend: str = attrs.field(default="accelerate", validator=_one_of(("accelerate", "ray")))
+    # backend "ray": training processes (one per GPU on GPU nodes); data.batch_size is per worker.
+    num_workers: int = attrs.field(default=1, validator=_positive)
+    # backend "ray": one GPU per worker; empty: true when the Ray cluster has GPUs.
+    use_gpu: Optional[bool] = None
+    # backend "ray": Ray resources of each worker, e.g. {CPU = 4, GPU = 1}.
+    resources_per_worker: dict = attrs.Factory(dict)
+    # backend "ray": address of a running Ray cluster ("auto", "ray://host:10001"); empty: a local one.
+    address: Optional[str] = None
+    # backend "ray": restarts of the worker group after a failure, each resuming from the last
+    # checkpoint reported to Ray.
+    max_failures: int = attrs.field(default=0, validator=_non_negative)
+    ray_on_spark: Optional[RayOnSparkSection] = None
+
+
+@attrs.define
+class TuneSection:
+    # Search space over recipe keys by dotted path, each a one-key table:
+    # "train.lr" = {loguniform = [1e-5, 1e-2]}, {uniform = [lo, hi]}, {choice = [a, b]}, {randint = [lo, hi]}.
+    space: dict = attrs.Factory(dict)
+    num_samples: int = attrs.field(default=8, validator=_positive)
+    # Empty: train.monitor (or the task's main metric) and its direction.
+    metric: Optional[str] = None
+    mode: Optional[str] = attrs.field(default=None, validator=attrs.validators.optional(_one_of(("max", "min"))))
+    # "asha" stops poor trials early (after grace_period evaluations); "fifo" runs every trial to the end.
+    scheduler: str = attrs.field(default="asha", validator=_one_of(("asha", "fifo")))
+    grace_period: int = attrs.field(default=1, validator=_positive)
+    reduction_factor: float = attrs.field(default=2.0, validator=_positive)
+    # "random" or "optuna" (TPE; needs `pip install optuna`).
+    search: str = attrs.field(default="random", validator=_one_of(("random", "optuna")))
+    max_concurrent_trials: Optional[int] = attrs.field(default=None, validator=_positive)
+    # Ray resources of one trial when distributed.backend = "accelerate" (the trial trains in-process),
+    # e.g. {CPU = 1, GPU = 1}; with backend "ray" each trial is a Ray Train run sized by [distributed].
+    resources_per_trial: dict = attrs.Factory(dict)
+    # Seed of the search algorithm; empty: train.seed.
+    seed: Optional[int] = None
+
+
+@attrs.define
 class Recipe:
     task: str = attrs.field(validator=_one_of(TASKS))
     model: ModelSection
@@ -123,6 +179,9 @@ class Recipe:
     augment: AugmentSection = attrs.Factory(AugmentSection)
     train: TrainSection = attrs.Factory(TrainSection)
     tracking: TrackingSection = attrs.Factory(TrackingSection)
+    distributed: DistributedSection = attrs.Factory(DistributedSection)
+    # Read only by `python -m cvengine.tune`; a plain run ignores it.
+    tune: Optional[TuneSection] = None
     # Where the recipe came from, for error messages and relative paths; not a TOML key.
     source: Optional[str] = attrs.field(default=None, kw_only=True, eq=False)
 

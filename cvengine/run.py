@@ -21,6 +21,13 @@ def main(argv: list[str]) -> int:
     from cvengine.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.overrides)
+    if recipe.distributed.backend == "ray":
+        from cvengine.distributed.ray import fit_with_ray, ray_cluster
+
+        with ray_cluster(recipe.distributed):
+            result = fit_with_ray(recipe)
+        log.info(f"Ray Train run finished; run folder: {result.get('run_dir')}")
+        return 0
     engine = Engine(recipe, progress=not args.no_progress)
     state = engine.fit()
     if engine.accelerator.is_main_process:
