@@ -40,6 +40,35 @@ class DetectionTask:
     def evaluator(self, index: CocoIndex) -> "DetectionEvaluator":
         return DetectionEvaluator(index)
 
+    # -- inference hooks (predict, serving, export, report) -------------------------------------------
+    # The raw model outputs an exported graph must return, in this order, for the adapter's postprocess.
+    onnx_outputs = ("logits", "pred_boxes")
+
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id) -> list[dict]:
+        from cvengine.serving import detection
+
+        return detection.records(prediction, image_id, file_name, label_to_category_id)
+
+    def filter_prediction(self, prediction: dict, threshold: float) -> dict:
+        from cvengine.serving import detection
+
+        return detection.keep_above(prediction, threshold)
+
+    def render(self, image, prediction: dict, class_names: list[str]):
+        from cvengine.serving import detection
+
+        return detection.render(image, prediction, class_names)
+
+    def serving_output(self, prediction: dict, class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import detection
+
+        return detection.serving_output(prediction, class_names, label_to_category_id)
+
+    def write_report(self, index: CocoIndex, predictions_path: str, out_dir: str, title: str = "") -> str:
+        from cvengine.reports.detection import write_detection_report
+
+        return write_detection_report(index, predictions_path, out_dir, title=title)
+
 
 class DetectionEvaluator:
     """Collects predictions of the whole split and scores them against the ORIGINAL annotations file

@@ -1,0 +1,161 @@
+"""`python -m cvengine.predict --model PATH|runs:/…|models:/NAME@ALIAS INPUTS… --output DIR`
+
+Runs a trained model (a run folder, its model/ folder, an ONNX export folder or an MLflow model URI)
+on image files, folders, globs and videos; writes `predictions.json` in the task's standard format
+(detection: COCO results with ORIGINAL category ids, plus `file_name`) and the rendered images.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from cvengine.cli import run_cli
+from cvengine.errors import CvengineError, DataError
+
+log = logging.getLogger("cvengine")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images and videos, sorted, not recursive) and globs -> files, in order."""
+    files: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: no images or videos in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif any(ch in text for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"{text}: the pattern matches no files")
+            files.extend(found)
+        else:
+            raise DataError(f"input not found: {text}")
+    return files
+
+
+def video_frames(path: Path, fps: float) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, frame RGB) about `fps` times per second of video; names are `video.mp4@<ms>ms`."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"cannot open video {path} (not a video, or a codec OpenCV lacks)")
+    try:
+        native_fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        # Every frame when the rate is unknown or lower than asked for.
+        step = max(1, int(round(native_fps / fps))) if native_fps > 0 and fps > 0 else 1
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % step == 0:
+                ms = int(round(1000 * index / native_fps)) if native_fps > 0 else index
+                yield f"{path.name}@{ms:08d}ms", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def read_inputs(files: list[Path], fps: float) -> Iterator[tuple[str, np.ndarray]]:
+    from cvengine.data.images import read_image
+
+    for path in files:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            yield from video_frames(path, fps)
+        else:
+            yield str(path), read_image(str(path))
+
+
+def count_items(files: list[Path], fps: float) -> int | None:
+    """Number of images + sampled video frames, for the progress bar (None if a video has no count)."""
+    import cv2
+
+    total = 0
+    for path in files:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            total += 1
+            continue
+        capture = cv2.VideoCapture(str(path))
+        frames, native_fps = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FPS)
+        capture.release()
+        if frames <= 0:
+            return None
+        step = max(1, int(round(native_fps / fps))) if native_fps > 0 and fps > 0 else 1
+        total += int(np.ceil(frames / step))
+    return total
+
+
+def _rendered_name(name: str, used: set) -> str:
+    base = Path(name.replace("@", "_")).name
+    stem = Path(base).stem if "@" not in name else base.replace(".", "_")
+    candidate, n = f"{stem}.jpg", 1
+    while candidate in used:
+        candidate, n = f"{stem}-{n}.jpg", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, batch_size: int = 8, fps: float = 1.0, render: bool = True, draw_threshold: float = 0.3, device: str | None = None) -> Path:
+    """Predict on `inputs`; write `output/predictions.json` and `output/rendered/`. Returns the json path."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from cvengine.serving.predictor import Predictor
+
+    files = expand_inputs(inputs)
+    predictor = Predictor.load(model, device=device, batch_size=batch_size)
+    task = predictor.task
+    out_dir = Path(output)
+    rendered_dir = out_dir / "rendered"
+    rendered_dir.mkdir(parents=True, exist_ok=True)
+    records, used = [], set()
+    stream = predictor.predict_stream(read_inputs(files, fps))
+    for image_id, (name, image, prediction) in enumerate(tqdm(stream, total=count_items(files, fps), unit="img", desc="predict", disable=None), start=1):
+        prediction = task.filter_prediction(prediction, threshold)
+        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_to_category_id))
+        if render:
+            drawn = task.render(image, task.filter_prediction(prediction, max(threshold, draw_threshold)), predictor.class_names)
+            Image.fromarray(drawn).save(rendered_dir / _rendered_name(name, used), quality=90)
+    path = out_dir / "predictions.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cvengine.predict", description="Predict with a trained model on images, folders, globs and videos.")
+    parser.add_argument("inputs", nargs="+", help="image files, folders, glob patterns (quoted) or video files")
+    parser.add_argument("--model", required=True, help="run folder, its model/ folder, an ONNX export folder, runs:/RUN_ID/model or models:/NAME@ALIAS")
+    parser.add_argument("--output", required=True, help="folder for predictions.json and rendered/")
+    parser.add_argument("--threshold", type=float, default=0.0, help="keep predictions scoring at least this (default 0: all, as COCO evaluation expects)")
+    parser.add_argument("--draw-threshold", type=float, default=0.3, help="draw predictions scoring at least this (default 0.3)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from videos (default 1)")
+    parser.add_argument("--no-render", action="store_true", help="write predictions.json only")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: a GPU when present)")
+    args = parser.parse_args(argv)
+    if args.batch_size <= 0:
+        raise CvengineError("--batch-size must be > 0")
+    path = predict(args.model, args.inputs, args.output, args.threshold, args.batch_size, args.fps, not args.no_render, args.draw_threshold, args.device)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
