@@ -1,7 +1,8 @@
 """`python -m cvengine.evaluate RUN_DIR_OR_RECIPE [--checkpoint best|last|PATH] [--split val|test]`
 
 Scores a checkpoint on a split; writes the metrics into the run folder's metrics.json (under
-"evaluations", next to the training history) and the predictions in the task's standard format.
+"evaluations", next to the training history), the predictions in the task's standard format, and an
+HTML report (`report/report.html`, self-contained) for tasks that have one.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from cvengine.errors import CvengineError
 log = logging.getLogger("cvengine")
 
 
-def evaluate_run(target: str, checkpoint: str = "best", split: str = "val", overrides=()) -> tuple[dict, Path]:
+def evaluate_run(target: str, checkpoint: str = "best", split: str = "val", overrides=(), report: bool = True) -> tuple[dict, Path]:
     """Evaluate a run folder (or a recipe) and return (metrics, folder the outputs were written to)."""
     from cvengine.engine.checkpoint import checkpoint_dir
     from cvengine.engine.loop import Engine
@@ -58,7 +59,24 @@ def evaluate_run(target: str, checkpoint: str = "best", split: str = "val", over
         tmp = metrics_file.with_name("metrics.json.tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, metrics_file)
+        if report:
+            write_report(engine.task, engine.indexes[split], predictions, run_dir / ("report" if split == "val" else f"report_{split}"), title=f"{run_dir.name} — {split} split")
     return metrics, run_dir
+
+
+def write_report(task, index, predictions_path: Path, out_dir: Path, title: str = "") -> Path | None:
+    """The task's HTML report (`out_dir/report.html`), logged to MLflow when a run is active.
+    Tasks without a report hook are skipped."""
+    if not hasattr(task, "write_report"):
+        log.info(f"no evaluation report for the {task.name} task yet")
+        return None
+    path = Path(task.write_report(index, str(predictions_path), str(out_dir), title=title))
+    log.info(f"report: {path}")
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifacts(str(out_dir), artifact_path=out_dir.name)
+    return path
 
 
 def format_table(metrics: dict) -> str:
@@ -73,8 +91,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. data.batch_size=4")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint folder (default: best)")
     parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report (report/report.html)")
     args = parser.parse_args(argv)
-    metrics, run_dir = evaluate_run(args.target, args.checkpoint, args.split, args.overrides)
+    metrics, run_dir = evaluate_run(args.target, args.checkpoint, args.split, args.overrides, report=not args.no_report)
     print(format_table(metrics))
     print(f"written: {run_dir / 'metrics.json'}")
     return 0
