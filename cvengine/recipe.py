@@ -51,6 +51,9 @@ class ModelSection:
     name: str
     # true: the checkpoint's weights; false: the same architecture, randomly initialised.
     pretrained: bool = True
+    # classification: every category present in an image is a target (sigmoid + binary cross-entropy)
+    # instead of exactly one class per image (softmax + cross-entropy).
+    multi_label: bool = False
 
 
 @attrs.define
@@ -58,6 +61,9 @@ class SplitSection:
     images: str
     # COCO json; optional only for layouts that carry labels in folder names (classification).
     annotations: Optional[str] = None
+    # semantic_segmentation without annotations: a folder of single-channel PNG label maps, one per
+    # image with the image's file stem (ADE20K / Cityscapes layout); class names from data.labels.
+    masks: Optional[str] = None
 
 
 @attrs.define
@@ -71,6 +77,13 @@ class DataSection:
     train: Optional[SplitSection] = None
     val: Optional[SplitSection] = None
     test: Optional[SplitSection] = None
+    # semantic_segmentation with PNG masks: class names by label id, as a list ["wall", "floor", …]
+    # or a file (JSON list, JSON object {"0": "wall", …}, or one name per line).
+    labels: Optional[Union[str, list]] = None
+    # The mask value that marks unlabelled pixels (not trained on, not scored).
+    ignore_index: int = 255
+    # ADE20K convention: mask value 0 is "other" (ignored) and every other value v is class v - 1.
+    reduce_labels: bool = False
 
 
 @attrs.define
