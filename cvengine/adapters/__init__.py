@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 
+from cvengine.adapters.classification import ImageClassificationAdapter
 from cvengine.adapters.detection import DetrFamilyAdapter
+from cvengine.adapters.semantic import SemanticSegmentationAdapter
+from cvengine.adapters.universal_segmentation import InstanceSegmentationAdapter, PanopticSegmentationAdapter
 from cvengine.errors import RecipeError
 
 ADAPTERS: dict[str, dict[str, type]] = {
@@ -21,6 +24,36 @@ ADAPTERS: dict[str, dict[str, type]] = {
         "d_fine": DetrFamilyAdapter,
         "yolos": DetrFamilyAdapter,
     },
+    "classification": {
+        "vit": ImageClassificationAdapter,
+        "deit": ImageClassificationAdapter,
+        "beit": ImageClassificationAdapter,
+        "dinov2": ImageClassificationAdapter,
+        "resnet": ImageClassificationAdapter,
+        "convnext": ImageClassificationAdapter,
+        "convnextv2": ImageClassificationAdapter,
+        "swin": ImageClassificationAdapter,
+        "efficientnet": ImageClassificationAdapter,
+        "mobilenet_v2": ImageClassificationAdapter,
+        "mobilevit": ImageClassificationAdapter,
+        # timm models through transformers' TimmWrapper (needs `pip install cvengine[timm]`).
+        "timm_wrapper": ImageClassificationAdapter,
+    },
+    "semantic_segmentation": {
+        "segformer": SemanticSegmentationAdapter,
+        "upernet": SemanticSegmentationAdapter,
+        "dpt": SemanticSegmentationAdapter,
+        "mobilevit": SemanticSegmentationAdapter,
+        "beit": SemanticSegmentationAdapter,
+    },
+    "instance_segmentation": {
+        "mask2former": InstanceSegmentationAdapter,
+        "maskformer": InstanceSegmentationAdapter,
+    },
+    "panoptic_segmentation": {
+        "mask2former": PanopticSegmentationAdapter,
+        "maskformer": PanopticSegmentationAdapter,
+    },
 }
 
 
@@ -29,6 +62,10 @@ def _auto_model_class(task: str):
 
     return {
         "detection": transformers.AutoModelForObjectDetection,
+        "classification": transformers.AutoModelForImageClassification,
+        "semantic_segmentation": transformers.AutoModelForSemanticSegmentation,
+        "instance_segmentation": transformers.AutoModelForUniversalSegmentation,
+        "panoptic_segmentation": transformers.AutoModelForUniversalSegmentation,
     }[task]
 
 
@@ -57,9 +94,10 @@ def adapter_class(task: str, model_type: str, name: str = "") -> type:
     return families[model_type]
 
 
-def load_model(name: str, pretrained: bool, task: str, class_names: list[str]):
+def load_model(name: str, pretrained: bool, task: str, class_names: list[str], multi_label: bool = False):
     """(model, processor, config.model_type) for `name` (hub id or local folder) with a head of
-    len(class_names) classes, id2label set to the dataset's class names."""
+    len(class_names) classes, id2label set to the dataset's class names. multi_label (classification
+    only): sigmoid + binary cross-entropy over independent classes."""
     from transformers import AutoImageProcessor
 
     config = load_config(name)
@@ -67,6 +105,12 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str]):
     id2label = {i: n for i, n in enumerate(class_names)}
     label2id = {n: i for i, n in id2label.items()}
     overrides = {"num_labels": len(class_names), "id2label": id2label, "label2id": label2id}
+    if multi_label:
+        if task != "classification":
+            raise RecipeError(f"model.multi_label = true applies to classification only, not {task}")
+        overrides["problem_type"] = "multi_label_classification"
+    elif task == "classification" and getattr(config, "problem_type", None) == "multi_label_classification":
+        overrides["problem_type"] = "single_label_classification"
     # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
     if hasattr(config, "use_pretrained_backbone"):
         overrides["use_pretrained_backbone"] = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cvengine.adapters.tiny_tasks import tiny_classification, tiny_semantic
+
 
 def _tiny_resnet(out_features):
     from transformers import ResNetConfig
@@ -47,8 +49,28 @@ def _detection(family: str):
     raise KeyError(family)
 
 
+def _mask_classification(family: str):
+    """Mask2Former / MaskFormer for instance and panoptic segmentation, at a fixed 128x128 input."""
+    import transformers as T
+
+    size = {"height": 128, "width": 128}
+    if family == "mask2former":
+        swin = T.SwinConfig(image_size=128, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+        cfg = T.Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2, num_queries=20, train_num_points=256, use_auxiliary_loss=True)
+        return cfg, T.Mask2FormerImageProcessorPil(size=size, size_divisor=32, do_reduce_labels=False, ignore_index=255)
+    if family == "maskformer":
+        detr = T.DetrConfig(backbone_config=_tiny_resnet(["stage4"]), **{**_DETR_COMMON, "decoder_layers": 2})
+        cfg = T.MaskFormerConfig(backbone_config=_tiny_resnet(["stage1", "stage2", "stage3", "stage4"]), decoder_config=detr, fpn_feature_size=32, mask_feature_size=32)
+        return cfg, T.MaskFormerImageProcessorPil(size=size, size_divisor=32, do_reduce_labels=False, ignore_index=255)
+    raise KeyError(family)
+
+
 TINY_BUILDERS = {
     "detection": _detection,
+    "instance_segmentation": _mask_classification,
+    "panoptic_segmentation": _mask_classification,
+    "classification": tiny_classification,
+    "semantic_segmentation": tiny_semantic,
 }
 
 
@@ -72,7 +94,13 @@ def create_tiny(task: str, family: str, out_dir: str | Path, num_labels: int = 1
     if hasattr(config, "use_pretrained_backbone"):
         config.use_pretrained_backbone = False
     torch.manual_seed(0)
-    model = {"detection": AutoModelForObjectDetection}[task].from_config(config)
+    from transformers import AutoModelForUniversalSegmentation
+
+    auto_classes = {"detection": AutoModelForObjectDetection, "instance_segmentation": AutoModelForUniversalSegmentation, "panoptic_segmentation": AutoModelForUniversalSegmentation}
+    from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+
+    auto_classes.update(classification=AutoModelForImageClassification, semantic_segmentation=AutoModelForSemanticSegmentation)
+    model = auto_classes[task].from_config(config)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

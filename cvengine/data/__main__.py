@@ -19,13 +19,15 @@ from cvengine.errors import DataError
 def _demo(args) -> int:
     from cvengine.data.demo import make_demo
 
-    result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val)
+    result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, layout=args.layout)
     height, width = result["canvas"]
     print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} categories) in {result['out_dir']}")
     for split, info in result["splits"].items():
         print(f"  {split}: {info['num_images']} images, {info['num_annotations']} annotations")
-        print(f"    annotations {info['annotations']}")
+        print(f"    annotations {info['annotations'] or '(none: class folders)'}")
         print(f"    images      {info['images']}")
+        if info.get("masks"):
+            print(f"    masks       {info['masks']}")
     return 0
 
 
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--num-train", type=int, default=64, help="train images (default: 64)")
     demo.add_argument("--num-val", type=int, default=16, help="val images (default: 16)")
+    demo.add_argument("--layout", default="coco", help="coco (default), or imagefolder for classification: images/<class>/<file>")
     demo.set_defaults(handler=_demo)
 
     check = sub.add_parser("check", help="validate a COCO instances file and decode every image it lists")

@@ -166,6 +166,28 @@ class CocoIndex:
             boxes, labels = boxes[keep], labels[keep]
         return boxes, labels
 
+    def masks(self, i: int, include_crowd: bool = False) -> np.ndarray:
+        """(A, H, W) uint8 0/1 masks of image position i, decoded now from the kept segmentations,
+        in the order of `targets(i, include_crowd)`. Needs `keep_segmentation=True`."""
+        from cvengine.data.masks import decode_segmentation
+
+        if self.segmentations is None:
+            raise ValueError("CocoIndex was loaded without keep_segmentation=True")
+        s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+        h, w = int(self.heights[i]), int(self.widths[i])
+        out = np.zeros((e - s, h, w), dtype=np.uint8)
+        for k, row in enumerate(range(s, e)):
+            seg = self.segmentations[row]
+            if seg is None:
+                raise DataError(f"{self.annotations_path}: annotation at row {int(self.ann_rows[row])} (image id {int(self.image_ids[i])}) has no 'segmentation'")
+            try:
+                out[k] = decode_segmentation(seg, h, w)
+            except (ValueError, TypeError) as err:
+                raise DataError(f"{self.annotations_path}: annotation at row {int(self.ann_rows[row])} (image id {int(self.image_ids[i])}): broken segmentation: {err}; run python -m cvengine.data check") from None
+        if not include_crowd:
+            out = out[~self.iscrowd[s:e]]
+        return out
+
 
 class _BadBox(Exception):
     pass

@@ -216,9 +216,41 @@ def _write_detection_split(
 
 
 # USER: a new demo task is one function writing one split, registered here.
+def _write_panoptic_split(
+    split_dir: str, rng: np.random.Generator, scan_indices: np.ndarray, num_images: int, canvas: tuple[int, int]
+) -> dict:
+    """The detection split (kept as annotations.json), converted to COCO panoptic: digits are things,
+    every other pixel is the stuff class "background"; panoptic.json + panoptic/*.png."""
+    from cvengine.data.panoptic import instances_to_panoptic
+
+    instances = _write_detection_split(split_dir, rng, scan_indices, num_images, canvas)
+    out_json = os.path.join(split_dir, "panoptic.json")
+    result = instances_to_panoptic(instances["annotations"], out_json, os.path.join(split_dir, "panoptic"), stuff=["background"])
+    return {
+        "annotations": out_json,
+        "images": instances["images"],
+        "masks": result["masks"],
+        "num_images": instances["num_images"],
+        "num_annotations": instances["num_annotations"] + instances["num_images"],
+    }
+
+
 SPLIT_WRITERS: dict[str, Callable[..., dict]] = {
     "detection": _write_detection_split,
+    # The detection writer already stores each digit's ink mask (RLE).
+    "instance_segmentation": _write_detection_split,
+    "panoptic_segmentation": _write_panoptic_split,
+    "classification": lambda *args, **kwargs: _demo_tasks().write_classification_split(*args, **kwargs),
+    "semantic_segmentation": lambda *args, **kwargs: _demo_tasks().write_semantic_split(*args, **kwargs),
 }
+# Data layouts other than COCO json that a task's writer can produce (`layout=`).
+EXTRA_LAYOUTS: dict[str, tuple[str, ...]] = {"classification": ("imagefolder",)}
+
+
+def _demo_tasks():
+    from cvengine.data import demo_tasks  # imports this module: loaded on first use
+
+    return demo_tasks
 
 
 def make_demo(
@@ -228,14 +260,19 @@ def make_demo(
     num_train: int = 64,
     num_val: int = 16,
     canvas: tuple[int, int] = (160, 160),
+    layout: str = "coco",
 ) -> dict:
     """Write a demo COCO data set under `out_dir` (train/ and val/) and return its paths and counts.
 
     `canvas` is (height, width) in pixels. The same seed gives byte-identical annotation files and
-    identical pixels; train and val use disjoint digit scans.
+    identical pixels; train and val use disjoint digit scans. `layout`: "coco", or one of the task's
+    EXTRA_LAYOUTS (classification: "imagefolder").
     """
     if task not in SPLIT_WRITERS:
         raise DataError(f"demo task '{task}' is not supported; supported: {', '.join(sorted(SPLIT_WRITERS))}")
+    if layout != "coco" and layout not in EXTRA_LAYOUTS.get(task, ()):
+        raise DataError(f"demo layout '{layout}' is not available for {task}; available: {', '.join(('coco',) + EXTRA_LAYOUTS.get(task, ()))}")
+    layout_kwargs = {"layout": layout} if layout != "coco" else {}
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"demo seed must be a non-negative integer (got {seed!r})")
     if num_train < 1 or num_val < 1:
@@ -253,7 +290,7 @@ def make_demo(
     for split_number, (split, num_images) in enumerate((("train", num_train), ("val", num_val)), start=1):
         # One generator per split: the val images do not change when num_train does.
         rng = np.random.default_rng([seed, split_number])
-        splits[split] = SPLIT_WRITERS[task](os.path.join(out_dir, split), rng, pools[split], num_images, (height, width))
+        splits[split] = SPLIT_WRITERS[task](os.path.join(out_dir, split), rng, pools[split], num_images, (height, width), **layout_kwargs)
     return {
         "out_dir": out_dir,
         "task": task,

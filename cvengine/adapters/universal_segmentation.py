@@ -1,0 +1,196 @@
+"""Mask-classification models of transformers (Mask2Former, MaskFormer): one model, N (mask, class)
+pairs per image, used here for instance and panoptic segmentation.
+
+  labels:  mask_labels  list of (N_i, H, W) float 0/1 at the padded model input size, padded with 0
+                        (the processors pad with 255 when sizes differ, which makes the loss explode)
+           class_labels list of (N_i,) int64 contiguous labels
+  outputs: class_queries_logits (B, Q, C + 1), the last class being "no object";
+           masks_queries_logits (B, Q, h, w) at a fraction (1/4) of the padded input size.
+
+Post-processing is done here rather than with the processors' `post_process_*`: those first resize
+the mask logits to 384x384 whatever the input size and ignore padding, which distorts non-square and
+padded inputs. The arithmetic is the same as theirs (Mask2Former's paper): instance score = class
+probability x mean mask probability inside the mask; panoptic segments from the arg-max of
+score-weighted mask probabilities (as Mask2Former's reference code), with stuff classes fused
+into one segment per class.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cvengine.data.dataset import Sample
+from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
+
+# COCO keeps at most 100 detections per image; no score threshold before metrics.
+MAX_DETECTIONS = 100
+
+
+class MaskClassificationAdapter:
+    """Samples -> model inputs; model outputs -> mask logits in ORIGINAL-image pixels (subclasses
+    turn them into instance or panoptic predictions)."""
+
+    task = ""
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        self.processor = processor
+        self.resize = ResizePolicy.from_processor(processor, image_size)
+        if image_size is not None and getattr(processor, "size", None) is not None:
+            processor.size = self.resize.size  # the exported processor carries the override
+        self.normalize = Normalizer(processor)
+        # Swin/ResNet backbones with a pixel decoder need sides divisible by 32.
+        self.pad_multiple = int(getattr(processor, "size_divisor", None) or 32)
+        self.accepts_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters
+
+    # -- in the loader workers ----------------------------------------------------------------------
+    def collate(self, samples: list[Sample]) -> dict:
+        pixels, pixel_mask = pad_stack([s.image for s in samples], self.pad_multiple)
+        height, width = pixels.shape[-2:]
+        mask_labels, class_labels = [], []
+        for s in samples:
+            masks = s.masks if s.masks is not None else np.zeros((0,) + s.image.shape[:2], np.uint8)
+            padded = np.zeros((len(masks), height, width), dtype=np.float32)
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            if padded.size and not np.isin(padded, (0.0, 1.0)).all():
+                raise ValueError(f"image id {s.image_id}: masks must hold only 0 and 1")
+            mask_labels.append(torch.from_numpy(padded))  # (N_i, H, W) float 0/1
+            class_labels.append(torch.from_numpy(s.labels.astype(np.int64)))  # (N_i,)
+        return {
+            "pixels_uint8": pixels,  # (B, 3, H, W) uint8
+            "pixel_mask": pixel_mask,  # (B, H, W) int64, 1 on real pixels
+            "mask_labels": mask_labels,
+            "class_labels": class_labels,
+            "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
+            "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
+            "input_sizes": torch.tensor([s.image.shape[:2] for s in samples], dtype=torch.int64),  # (B, 2) resized, unpadded
+        }
+
+    # -- on the device ------------------------------------------------------------------------------
+    def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
+        pixel_values = self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)
+        inputs = {"pixel_values": pixel_values}
+        if self.accepts_pixel_mask:
+            inputs["pixel_mask"] = batch["pixel_mask"]
+        if with_labels:
+            device = pixel_values.device
+            inputs["mask_labels"] = [m.to(device) for m in batch["mask_labels"]]
+            inputs["class_labels"] = [c.to(device) for c in batch["class_labels"]]
+        return inputs
+
+    @staticmethod
+    def loss(outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # The outputs carry only the weighted total (class, mask and dice terms of every layer).
+        return outputs.loss, {}
+
+    @staticmethod
+    def _mask_logits_original(masks_logits: torch.Tensor, padded_hw, input_hw, orig_hw) -> torch.Tensor:
+        """(Q, h, w) logits at 1/4 of the padded input -> (Q, H_orig, W_orig): upsample to the padded
+        input, crop the padding away, resize to the original image."""
+        logits = F.interpolate(masks_logits[None].float(), size=tuple(padded_hw), mode="bilinear", align_corners=False)
+        logits = logits[:, :, : input_hw[0], : input_hw[1]]
+        return F.interpolate(logits, size=tuple(orig_hw), mode="bilinear", align_corners=False)[0]
+
+
+class InstanceSegmentationAdapter(MaskClassificationAdapter):
+    task = "instance_segmentation"
+
+    def postprocess(self, outputs, batch: dict) -> list[dict]:
+        """-> per image {image_id, rles (list of COCO RLE, counts str), boxes_xyxy_abs (N, 4),
+        scores (N,), labels (N,)}, at most MAX_DETECTIONS, in original-image pixels."""
+        from pycocotools import mask as mask_utils
+
+        class_logits = outputs.class_queries_logits.float()  # (B, Q, C + 1)
+        masks_logits = outputs.masks_queries_logits  # (B, Q, h, w)
+        padded_hw = batch["pixels_uint8"].shape[-2:]
+        predictions = []
+        for b, image_id in enumerate(batch["image_ids"].tolist()):
+            num_queries, num_classes = class_logits.shape[1], class_logits.shape[2] - 1
+            scores = class_logits[b].softmax(-1)[:, :-1]  # (Q, C)
+            k = min(MAX_DETECTIONS, num_queries * num_classes)
+            top_scores, top_index = scores.flatten().topk(k)
+            query = top_index // num_classes
+            labels = top_index % num_classes
+            orig_hw = batch["orig_sizes"][b].tolist()
+            logits = self._mask_logits_original(masks_logits[b], padded_hw, batch["input_sizes"][b].tolist(), orig_hw)
+            logits = logits[query]  # (k, H, W)
+            binary = logits > 0
+            probs = logits.sigmoid()
+            mask_scores = (probs * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+            final = (top_scores * mask_scores).cpu().numpy()
+            order = np.argsort(-final, kind="stable")
+            masks_np = np.asfortranarray(binary.cpu().numpy().astype(np.uint8)[order].transpose(1, 2, 0))
+            rles = mask_utils.encode(masks_np) if len(order) else []
+            boxes_xywh = mask_utils.toBbox(rles) if len(order) else np.zeros((0, 4))
+            boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
+            boxes[:, 2:] += boxes[:, :2]
+            for r in rles:
+                r["counts"] = r["counts"].decode("ascii")
+            predictions.append(
+                {
+                    "image_id": image_id,
+                    "rles": list(rles),
+                    "boxes_xyxy_abs": boxes,
+                    "scores": final[order].astype(np.float32),
+                    "labels": labels.cpu().numpy()[order].astype(np.int64),
+                }
+            )
+        return predictions
+
+
+class PanopticSegmentationAdapter(MaskClassificationAdapter):
+    task = "panoptic_segmentation"
+    # A query becomes a segment when its class probability exceeds this (transformers' default) ...
+    object_threshold = 0.5
+    # ... and keeps this share of its own mask after the arg-max between queries.
+    overlap_threshold = 0.8
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        super().__init__(model, processor, image_size)
+        # Contiguous labels of stuff classes: one segment per class per image. Set by the task.
+        self.stuff_labels: set[int] = set()
+
+    def set_stuff_labels(self, labels) -> None:
+        self.stuff_labels = {int(v) for v in labels}
+
+    def postprocess(self, outputs, batch: dict) -> list[dict]:
+        """-> per image {image_id, segment_map (H, W) int32 of segment ids (0 = no segment) in original
+        pixels, segments [{id, label, score}]}."""
+        class_logits = outputs.class_queries_logits.float()
+        masks_logits = outputs.masks_queries_logits
+        padded_hw = batch["pixels_uint8"].shape[-2:]
+        predictions = []
+        for b, image_id in enumerate(batch["image_ids"].tolist()):
+            num_classes = class_logits.shape[2] - 1
+            scores, labels = class_logits[b].softmax(-1).max(-1)  # (Q,), (Q,)
+            keep = (labels != num_classes) & (scores > self.object_threshold)
+            orig_hw = batch["orig_sizes"][b].tolist()
+            segment_map = np.zeros(orig_hw, dtype=np.int32)
+            segments: list[dict] = []
+            if keep.any():
+                probs = self._mask_logits_original(masks_logits[b][keep], padded_hw, batch["input_sizes"][b].tolist(), orig_hw).sigmoid()
+                kept_scores, kept_labels = scores[keep], labels[keep].tolist()
+                owner = (probs * kept_scores[:, None, None]).argmax(0)  # (H, W) query index
+                stuff_segment: dict[int, int] = {}
+                owner_np = owner.cpu().numpy()
+                confident = (probs >= 0.5).cpu().numpy()  # (K, H, W)
+                own_area = confident.reshape(len(kept_labels), -1).sum(1)
+                for q, label in enumerate(kept_labels):
+                    won = owner_np == q
+                    region = won & confident[q]
+                    area = int(region.sum())
+                    # As Mask2Former's reference: a query that lost most of its mask to others is dropped.
+                    if area == 0 or own_area[q] == 0 or int(won.sum()) / own_area[q] < self.overlap_threshold:
+                        continue
+                    if label in self.stuff_labels and label in stuff_segment:
+                        segment_map[region] = stuff_segment[label]
+                        continue
+                    segment_id = len(segments) + 1
+                    segment_map[region] = segment_id
+                    segments.append({"id": segment_id, "label": int(label), "score": round(float(kept_scores[q]), 6)})
+                    if label in self.stuff_labels:
+                        stuff_segment[label] = segment_id
+            predictions.append({"image_id": image_id, "segment_map": segment_map, "segments": segments})
+        return predictions
