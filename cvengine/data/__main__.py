@@ -39,7 +39,14 @@ def _check(args) -> int:
         images_dir = os.path.join(os.path.dirname(os.path.abspath(args.annotations)), "images")
         if not os.path.isdir(images_dir):
             raise DataError(f"images folder not found: {images_dir} (pass --images DIR)")
-    report = check_dataset(args.annotations, images_dir, workers=args.workers)
+    from cvengine.data.check_panoptic import check_panoptic, looks_panoptic
+
+    if args.masks or looks_panoptic(args.annotations):
+        # COCO panoptic: the PNG folder defaults to the json's name without .json (COCO's layout).
+        masks_dir = args.masks or os.path.splitext(os.path.abspath(args.annotations))[0]
+        report = check_panoptic(args.annotations, images_dir, masks_dir, workers=args.workers)
+    else:
+        report = check_dataset(args.annotations, images_dir, workers=args.workers)
     for line in report.lines(max_per_kind=args.max_per_kind):
         print(line)
     print(report.summary())
@@ -71,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("annotations", metavar="ANNOTATIONS")
     check.add_argument("--images", metavar="DIR", help="images folder (default: 'images' beside ANNOTATIONS)")
     check.add_argument("--workers", type=int, default=None, help="threads decoding images (default: cores, at most 8)")
+    check.add_argument("--masks", metavar="DIR", help="COCO panoptic: folder of segment PNGs (default: ANNOTATIONS without .json)")
     check.add_argument(
         "--max-per-kind", type=int, default=50, metavar="N", help="print at most N lines per kind of problem (0: all; default 50)"
     )
