@@ -19,7 +19,7 @@ import attrs
 import tomli_w
 
 from cvengine.distributed.ray import ChildRunMLflowHook, absolute_recipe, fit_with_ray, ray_cluster, require_ray
-from cvengine.engine.hooks import Callback
+from cvengine.engine.checkpoint import CheckpointHook
 from cvengine.errors import RecipeError
 from cvengine.recipe import Recipe, _known_keys, dump_recipe, load_recipe, recipe_to_dict
 
@@ -113,14 +113,19 @@ def _toml_value(value) -> str:
 # Trials
 
 
-class TuneReportHook(Callback):
-    """Hands every evaluation of an in-process trial to Ray Tune (the scheduler decides on it)."""
+class TuneReportHook(CheckpointHook):
+    """The engine's CheckpointHook, plus a report of every evaluation to Ray Tune, for in-process
+    trials. The report comes after the epoch's checkpoint is written: the scheduler may end the trial
+    at any report, and what the trial has learnt until then is kept in its run folder."""
 
-    def on_eval_end(self, engine, state, metrics):
+    def on_epoch_end(self, engine, state):
+        super().on_epoch_end(engine, state)
+        if not state.evaluated:
+            return
         from ray import tune
 
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**scalars, "epoch": state.epoch + 1, "run_dir": str(engine.run_dir)})
+        scalars = {k: float(v) for k, v in state.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**scalars, "epoch": state.epoch, "run_dir": str(engine.run_dir)})
 
 
 def _trial_name(config: dict) -> str:
@@ -135,7 +140,7 @@ def run_trial_in_process(config: dict) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe = trial_recipe(config["base"], config["values"], _trial_name(config))
-    engine = Engine(recipe, callbacks=[TuneReportHook()], tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=False)
+    engine = Engine(recipe, checkpoint=TuneReportHook(), tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=False)
     engine.fit()
 
 
@@ -184,7 +189,7 @@ def tune_recipe(recipe: Recipe, local_num_cpus: int | None = None) -> TuneSummar
         mlflow.set_tags({"cvengine.task": recipe.task, "cvengine.study_dir": str(study_dir)})
         with ray_cluster(recipe.distributed, local_num_cpus=local_num_cpus):
             results = _fit_study(recipe, settings, space, base, study, study_dir, parent.info.run_id, metric, mode)
-        trials = _summaries(results, metric, mode)
+        trials = _summaries(results, metric, mode, recipe.train.max_epochs)
         _close_trial_runs(trials)
         finished = [t for t in trials if t.metric is not None and not math.isnan(t.metric)]
         if not finished:
@@ -232,7 +237,9 @@ def _fit_study(recipe, settings, space, base, study, study_dir, parent_run_id, m
 
         # One Tune iteration = one evaluation of the trial.
         evaluations = math.ceil(recipe.train.max_epochs / recipe.train.eval_every_epochs)
-        scheduler = ASHAScheduler(max_t=max(evaluations, 1), grace_period=min(settings.grace_period, max(evaluations, 1)), reduction_factor=settings.reduction_factor)
+        # max_t one above the last evaluation: a trial that runs to the end finishes on its own (and
+        # logs its model to MLflow) instead of being stopped at its last report.
+        scheduler = ASHAScheduler(max_t=evaluations + 1, grace_period=min(settings.grace_period, evaluations), reduction_factor=settings.reduction_factor)
     tuner = tune.Tuner(
         trainable,
         param_space={"base": base, "values": space, "study": study, "parent_run_id": parent_run_id},
@@ -242,10 +249,9 @@ def _fit_study(recipe, settings, space, base, study, study_dir, parent_run_id, m
     return tuner.fit()
 
 
-def _summaries(results, metric: str, mode: str) -> list[TrialSummary]:
+def _summaries(results, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:
     from cvengine.cli import one_line
 
-    max_t = None
     trials = []
     for result in results:
         frame = result.metrics_dataframe
@@ -261,11 +267,9 @@ def _summaries(results, metric: str, mode: str) -> list[TrialSummary]:
             status, error = "ERROR", one_line(_root_error(result.error))
         else:
             status, error = "FINISHED", None
+        if status == "FINISHED" and epochs < max_epochs:
+            status = "STOPPED"  # by the scheduler
         trials.append(TrialSummary(trial_id, status, dict(result.config["values"]), best_value, epochs, run_dir, error))
-        max_t = max(max_t or 0, epochs)
-    for t in trials:
-        if t.status == "FINISHED" and t.epochs < (max_t or 0):
-            t.status = "STOPPED"
     return trials
 
 
