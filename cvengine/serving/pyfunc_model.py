@@ -1,0 +1,114 @@
+"""The MLflow pyfunc model of a cvengine model, logged in models-from-code style: MLflow stores this
+file and runs it when the model is loaded; `set_model` at the bottom names the model object.
+
+Input: a column `image` of base64-encoded image files (JPEG, PNG, …). From Python, raw bytes and
+(H, W, 3) uint8 RGB arrays are accepted in the same column. Output: per image the task's answer
+(detection: `boxes_xyxy` in pixels of the sent image, `scores`, `labels` (class names),
+`category_ids`). Parameter `threshold` (default 0) drops predictions scoring below it.
+
+Malformed input raises MlflowException(BAD_REQUEST), which MLflow's scoring server answers with 400.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from mlflow.pyfunc import PythonModel
+
+IMAGE_COLUMN = "image"
+MAX_PIXELS_ENV = "CVENGINE_MAX_PIXELS"
+# Larger images are refused before decoding (decompression bombs); 8K UHD is ~33 million pixels.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=BAD_REQUEST)
+
+
+def max_pixels() -> int:
+    return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+
+
+def decode_image(value, row: int, limit: int) -> np.ndarray:
+    """One cell of the image column -> (H, W, 3) uint8 RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from cvengine.data.images import to_rgb
+
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3:
+            raise bad_request(f"row {row}: an image array must be (H, W, 3) uint8 RGB; got {value.shape} {value.dtype}")
+        if value.shape[0] * value.shape[1] > limit:
+            raise bad_request(f"row {row}: {value.shape[1]}x{value.shape[0]} pixels is above the limit of {limit} pixels")
+        return value
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"row {row}: the '{IMAGE_COLUMN}' value is not valid base64") from None
+    if not isinstance(value, (bytes, bytearray)):
+        raise bad_request(f"row {row}: the '{IMAGE_COLUMN}' value must be a base64 string (bytes or an array from Python); got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(value)) as image:
+            # The header gives the size: refuse before any pixel is decoded.
+            width, height = image.size
+            if width * height > limit:
+                raise bad_request(f"row {row}: {width}x{height} pixels is above the limit of {limit} pixels")
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(to_rgb(image))
+    except MlflowException:
+        raise
+    except Image.DecompressionBombError:
+        raise bad_request(f"row {row}: the image is too large to decode safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise bad_request(f"row {row}: not a readable image ({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def image_column(model_input) -> list:
+    """The image cells of a DataFrame, a dict of columns, a list of cells or a single array."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN not in model_input.columns:
+            raise bad_request(f"the input needs a column '{IMAGE_COLUMN}' of base64-encoded images; got columns {list(model_input.columns)}")
+        return list(model_input[IMAGE_COLUMN])
+    if isinstance(model_input, dict):
+        if IMAGE_COLUMN not in model_input:
+            raise bad_request(f"the input needs a key '{IMAGE_COLUMN}' of base64-encoded images; got keys {list(model_input)}")
+        cells = model_input[IMAGE_COLUMN]
+        return list(cells) if isinstance(cells, (list, tuple)) else [cells]
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 3:
+        return [model_input]
+    if isinstance(model_input, (list, tuple)):
+        return list(model_input)
+    raise bad_request(f"unsupported input of type {type(model_input).__name__}: send a column '{IMAGE_COLUMN}' of base64-encoded images")
+
+
+class CvengineModel(PythonModel):
+    def load_context(self, context):
+        from cvengine.serving.predictor import Predictor
+
+        self.predictor = Predictor(context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):
+        threshold = float((params or {}).get("threshold", 0.0) or 0.0)
+        limit = max_pixels()
+        cells = image_column(model_input)
+        if not cells:
+            return []
+        images = [decode_image(cell, row, limit) for row, cell in enumerate(cells)]
+        predictor = self.predictor
+        task = predictor.task
+        return [
+            task.serving_output(task.filter_prediction(p, threshold), predictor.class_names, predictor.label_to_category_id)
+            for p in predictor.predict(images)
+        ]
+
+
+mlflow.models.set_model(CvengineModel())
