@@ -126,6 +126,14 @@ class TrackingSection:
     experiment: str = "cvengine"
     # Also the run folder's name; empty: <model family>-<timestamp>.
     run_name: Optional[str] = None
+    # At the end of training, log the best model as an MLflow pyfunc model (servable, loadable).
+    log_model: bool = False
+    # Register the logged model under this name (needs log_model); "catalog.schema.name" on Unity Catalog.
+    registered_model: Optional[str] = None
+    # Alias given to the new version when its monitored metric beats the current holder's.
+    alias: str = "champion"
+    # MLflow registry URI, e.g. "databricks-uc"; empty: the tracking URI.
+    registry_uri: Optional[str] = None
 
 
 @attrs.define

@@ -134,7 +134,7 @@ class Engine:
                 raise RecipeError(f"data.{split}.annotations ({index.annotations_path}) has other categories than {reference.annotations_path}; all splits need the same category list")
         self.class_names = reference.class_names
 
-        model, self.processor, self.model_family = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names)
+        model, self.processor, self.model_family = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names, multi_label=recipe.model.multi_label)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
         self.model = self.accelerator.prepare(model)
         if recipe.train.compile:
@@ -204,6 +204,10 @@ class Engine:
             section = getattr(r.data, split)
             if section is not None:
                 splits[split] = attrs.evolve(section, images=r.resolve_path(section.images), annotations=r.resolve_path(section.annotations) if section.annotations else None)
+                if section.masks:
+                    splits[split] = attrs.evolve(splits[split], masks=r.resolve_path(section.masks))
+        if isinstance(r.data.labels, str):
+            splits["labels"] = r.resolve_path(r.data.labels)
         data = attrs.evolve(r.data, root=None, **splits)
         train = attrs.evolve(r.train, output_dir=str(Path(r.train.output_dir).resolve()), resume=None)
         tracking = attrs.evolve(r.tracking, run_name=Path(self.run_dir).name)
@@ -417,8 +421,22 @@ class Engine:
             model = self.accelerator.unwrap_model(self.model)
             model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
+            _write_json(tmp / "cvengine.json", self.model_metadata())
             replace_dir(tmp, path)
         self.accelerator.wait_for_everyone()
+
+    def model_metadata(self) -> dict:
+        """What inference needs beyond config.json: the task, and the way back from contiguous labels
+        to the data set's category ids (COCO ids may have gaps), saved as `cvengine.json`."""
+        reference = self.indexes.get("train") or next(iter(self.indexes.values()))
+        category_ids = getattr(reference, "label_to_category_id", None)
+        return {
+            "task": self.recipe.task,
+            "model_family": self.model_family,
+            "class_names": list(self.class_names),
+            "label_to_category_id": [int(c) for c in category_ids] if category_ids is not None else list(range(len(self.class_names))),
+            "categories": list(getattr(reference, "categories", None) or []),
+        }
 
 
 def _write_json(path: Path, data) -> None:

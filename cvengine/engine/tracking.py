@@ -24,6 +24,27 @@ def tracking_uri(recipe) -> str:
     return recipe.tracking.uri or default_tracking_uri(recipe.train.output_dir)
 
 
+# The pyfunc model's name in the run; `model` is the plain model folder logged as artifacts.
+PYFUNC_NAME = "pyfunc"
+
+
+def log_and_register(tracking, model_dir: Path, monitor: str, best_metric, mode: str):
+    """Log `model_dir` as a pyfunc model in the active run and, with `tracking.registered_model`,
+    register it, moving `tracking.alias` only on improvement. Returns (ModelInfo, version or None)."""
+    import mlflow
+
+    from cvengine.serving.pyfunc import log_pyfunc_model, register_with_alias
+
+    if tracking.registry_uri:
+        mlflow.set_registry_uri(tracking.registry_uri)
+    info = log_pyfunc_model(model_dir, name=PYFUNC_NAME)
+    log.info(f"logged the pyfunc model: {info.model_uri}")
+    version = None
+    if tracking.registered_model:
+        version, _ = register_with_alias(info.model_uri, tracking.registered_model, tracking.alias, monitor, best_metric, mode)
+    return info, version
+
+
 class MLflowHook(Callback):
     def __init__(self, log_model: bool = True):
         self.log_model = log_model
@@ -79,6 +100,8 @@ class MLflowHook(Callback):
                 mlflow.log_artifact(str(run_dir / "metrics.json"))
             if self.log_model and (run_dir / "model").exists():
                 mlflow.log_artifacts(str(run_dir / "model"), artifact_path="model")
+            if engine.recipe.tracking.log_model and state.status == "FINISHED" and (run_dir / "model").exists():
+                log_and_register(engine.recipe.tracking, run_dir / "model", engine.monitor, state.best_metric, engine.mode)
         finally:
             mlflow.end_run(status="FINISHED" if state.status == "FINISHED" else "FAILED")
             self.run_id = None
