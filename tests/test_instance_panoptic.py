@@ -129,31 +129,32 @@ def test_segm_map_equals_cocoeval(demo_instance):
     assert ours["val/bbox_map"] > 0
 
 
-def plain_pq(gt_map, gt_segments, pred_map, pred_segments, categories):
-    """The panopticapi formula written per segment pair with boolean masks."""
-    tp, fp, fn, iou_sum = {}, {}, {}, {}
-    for c in categories:
-        tp[c["id"]] = fp[c["id"]] = fn[c["id"]] = 0
-        iou_sum[c["id"]] = 0.0
+def plain_pq_stats(gt_map, gt_segments, pred_map, pred_segments, totals):
+    """The panopticapi formula for one image, written per segment pair with boolean masks;
+    adds per-category [tp, fp, fn, iou_sum] into `totals`."""
+    def row(c):
+        return totals.setdefault(c, [0, 0, 0, 0.0])
+
     void = gt_map == 0
     matched_gt, matched_pred = set(), set()
     for g, (gc, crowd) in gt_segments.items():
         if crowd:
             continue
+        gm = gt_map == g
         for p, pc in pred_segments.items():
             if pc != gc:
                 continue
-            gm, pm = gt_map == g, pred_map == p
+            pm = pred_map == p
             inter = (gm & pm).sum()
             union = (gm | pm).sum() - (pm & void).sum()
             if union and inter / union > 0.5:
-                tp[gc] += 1
-                iou_sum[gc] += inter / union
+                row(gc)[0] += 1
+                row(gc)[3] += inter / union
                 matched_gt.add(g)
                 matched_pred.add(p)
     for g, (gc, crowd) in gt_segments.items():
         if not crowd and g not in matched_gt:
-            fn[gc] += 1
+            row(gc)[2] += 1
     for p, pc in pred_segments.items():
         if p in matched_pred:
             continue
@@ -164,12 +165,24 @@ def plain_pq(gt_map, gt_segments, pred_map, pred_segments, categories):
                 crowd_mask = gt_map == g
         if ((pm & void).sum() + (pm & crowd_mask).sum()) / pm.sum() > 0.5:
             continue
-        fp[pc] += 1
+        row(pc)[1] += 1
+    return totals
+
+
+def stats_to_pq(totals, categories):
     out = {}
     for name, keep in (("pq", lambda c: True), ("pq_things", lambda c: c["isthing"]), ("pq_stuff", lambda c: not c["isthing"])):
-        values = [iou_sum[c["id"]] / (tp[c["id"]] + 0.5 * fp[c["id"]] + 0.5 * fn[c["id"]]) for c in categories if keep(c) and tp[c["id"]] + fp[c["id"]] + fn[c["id"]]]
+        values = []
+        for c in categories:
+            tp, fp, fn, iou = totals.get(c["id"], [0, 0, 0, 0.0])
+            if keep(c) and tp + fp + fn:
+                values.append(iou / (tp + 0.5 * fp + 0.5 * fn))
         out[name] = sum(values) / len(values) if values else 0.0
     return out
+
+
+def plain_pq(gt_map, gt_segments, pred_map, pred_segments, categories):
+    return stats_to_pq(plain_pq_stats(gt_map, gt_segments, pred_map, pred_segments, {}), categories)
 
 
 def test_pq_matches_plain_formula_with_void_crowd_and_unmatched():

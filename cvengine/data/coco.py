@@ -169,21 +169,26 @@ class CocoIndex:
     def masks(self, i: int, include_crowd: bool = False) -> np.ndarray:
         """(A, H, W) uint8 0/1 masks of image position i, decoded now from the kept segmentations,
         in the order of `targets(i, include_crowd)`. Needs `keep_segmentation=True`."""
-        from cvengine.data.masks import decode_segmentation
+        from cvengine.data.masks import segmentation_to_rle
 
         if self.segmentations is None:
             raise ValueError("CocoIndex was loaded without keep_segmentation=True")
         s, e = int(self.offsets[i]), int(self.offsets[i + 1])
         h, w = int(self.heights[i]), int(self.widths[i])
-        out = np.zeros((e - s, h, w), dtype=np.uint8)
-        for k, row in enumerate(range(s, e)):
+        rles = []
+        for row in range(s, e):
             seg = self.segmentations[row]
+            where = f"{self.annotations_path}: annotation at row {int(self.ann_rows[row])} (image id {int(self.image_ids[i])})"
             if seg is None:
-                raise DataError(f"{self.annotations_path}: annotation at row {int(self.ann_rows[row])} (image id {int(self.image_ids[i])}) has no 'segmentation'")
+                raise DataError(f"{where} has no 'segmentation'")
             try:
-                out[k] = decode_segmentation(seg, h, w)
+                rles.append(segmentation_to_rle(seg, h, w))
             except (ValueError, TypeError) as err:
-                raise DataError(f"{self.annotations_path}: annotation at row {int(self.ann_rows[row])} (image id {int(self.image_ids[i])}): broken segmentation: {err}; run python -m cvengine.data check") from None
+                raise DataError(f"{where}: broken segmentation: {err}; run python -m cvengine.data check") from None
+        from pycocotools import mask as mask_utils
+
+        # (H, W, A) Fortran order -> (A, H, W) C order, without a copy.
+        out = mask_utils.decode(rles).transpose(2, 0, 1) if rles else np.zeros((0, h, w), dtype=np.uint8)
         if not include_crowd:
             out = out[~self.iscrowd[s:e]]
         return out
