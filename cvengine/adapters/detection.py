@@ -45,7 +45,7 @@ class DetrFamilyAdapter:
             labels.append({"class_labels": torch.from_numpy(s.labels.astype(np.int64)), "boxes": torch.from_numpy(cxcywh.astype(np.float32))})
         return {
             "pixels_uint8": pixels,  # (B, 3, H, W) uint8
-            "pixel_mask": pixel_mask,  # (B, H, W) int64
+            "pixel_mask": pixel_mask,  # (B, H, W) uint8
             "labels": labels,
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
             "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
@@ -57,7 +57,7 @@ class DetrFamilyAdapter:
         pixel_values = self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)
         inputs = {"pixel_values": pixel_values}
         if self.accepts_pixel_mask:
-            inputs["pixel_mask"] = batch["pixel_mask"]
+            inputs["pixel_mask"] = batch["pixel_mask"].long()
         if with_labels:
             inputs["labels"] = batch["labels"]
         return inputs

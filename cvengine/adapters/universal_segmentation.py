@@ -60,7 +60,7 @@ class MaskClassificationAdapter:
             class_labels.append(torch.from_numpy(s.labels.astype(np.int64)))  # (N_i,)
         return {
             "pixels_uint8": pixels,  # (B, 3, H, W) uint8
-            "pixel_mask": pixel_mask,  # (B, H, W) int64, 1 on real pixels
+            "pixel_mask": pixel_mask,  # (B, H, W) uint8, 1 on real pixels
             "mask_labels": mask_labels,
             "class_labels": class_labels,
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
@@ -73,7 +73,7 @@ class MaskClassificationAdapter:
         pixel_values = self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)
         inputs = {"pixel_values": pixel_values}
         if self.accepts_pixel_mask:
-            inputs["pixel_mask"] = batch["pixel_mask"]
+            inputs["pixel_mask"] = batch["pixel_mask"].long()
         if with_labels:
             device = pixel_values.device
             inputs["mask_labels"] = [m.to(device) for m in batch["mask_labels"]]
