@@ -75,3 +75,17 @@ def run_module(module: str, *args: str, cwd: Path | str | None = None, timeout: 
     """`python -m <module> args…` in a subprocess, as a user would run it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def trained_detection_run(tiny_model, demo_detection, tmp_path_factory) -> Path:
+    """A run folder of a tiny RT-DETR trained 30 epochs (120 steps) on the demo data, without MLflow:
+    recipe.toml, checkpoints/best, model/ (with cvengine.json), metrics.json."""
+    from cvengine.engine.loop import Engine
+    from cvengine.recipe import load_recipe
+
+    output = tmp_path_factory.mktemp("trained_detection")
+    recipe = load_recipe(detection_recipe(demo_detection, tiny_model("detection", "rt_detr"), output, max_epochs=30), overrides=["tracking.run_name=trained"])
+    engine = Engine(recipe, tracker=None, progress=False)
+    engine.fit()
+    return Path(engine.run_dir)
