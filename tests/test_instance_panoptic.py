@@ -372,7 +372,7 @@ PANOPTIC_THRESHOLD = 0.5
 
 
 def test_panoptic_overfit_through_run_cli(demo_panoptic, tiny_model, tmp_path):
-    """Measured: 8 demo images, batch 8, lr 3e-3, 300 steps -> PQ in PANOPTIC_MEASURED (before: 0.0)."""
+    """Measured: 8 demo images, batch 8, lr 3e-3, 300 steps -> PQ 0.75 (0.68 at 240 steps, 0.13 at 60; before training 0.0)."""
     from cvengine.metrics.panoptic import evaluate_panoptic
 
     recipe = tmp_path / "r.toml"
