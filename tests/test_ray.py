@@ -182,3 +182,26 @@ def test_tune_space_errors_name_the_key():
         search_space({"train.lr": {"normal": [0, 1]}})
     space = search_space({"train.lr": {"loguniform": [1e-5, 1e-2]}, "data.batch_size": {"choice": [2, 4]}})
     assert space["data.batch_size"].categories == [2, 4]
+
+
+def test_volume_paths_stay_and_relative_paths_become_absolute(tmp_path, monkeypatch):
+    """Workers and Tune trials run in other folders: the driver sends absolute paths; Unity Catalog
+    volume paths are absolute already and pass through untouched."""
+    from cvengine.distributed.ray import absolute_recipe
+    from cvengine.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    volume = load_recipe({"task": "detection", "model": {"name": "/Volumes/main/vision/cv/models/rtdetr"}, "data": {"root": "/Volumes/main/vision/cv/data", "train": {"images": "train/images", "annotations": "train/annotations.json"}}, "train": {"output_dir": "/Volumes/main/vision/cv/runs"}})
+    resolved = absolute_recipe(volume)
+    assert resolved.data.root == "/Volumes/main/vision/cv/data" and resolved.train.output_dir == "/Volumes/main/vision/cv/runs"
+    assert resolved.resolve_path(resolved.data.train.annotations) == "/Volumes/main/vision/cv/data/train/annotations.json"
+    assert resolved.model.name == "/Volumes/main/vision/cv/models/rtdetr"
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    relative = load_recipe({"task": "detection", "model": {"name": "models/m"}, "tracking": {"uri": "sqlite:///runs/mlflow.db"}})
+    resolved = absolute_recipe(relative)
+    assert resolved.data.root == str(tmp_path) and resolved.train.output_dir == str(tmp_path / "runs")
+    assert resolved.model.name == str(tmp_path / "models" / "m")
+    assert resolved.tracking.uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    hub = absolute_recipe(load_recipe({"task": "detection", "model": {"name": "PekingU/rtdetr_r50vd"}}))
+    assert hub.model.name == "PekingU/rtdetr_r50vd"
