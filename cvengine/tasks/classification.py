@@ -90,7 +90,9 @@ class ClassificationEvaluator:
         if len(scores) == 0:
             return {"val/accuracy": 0.0}
         if self.index.multi_label:
-            args = dict(num_labels=k, threshold=MULTI_LABEL_THRESHOLD)
+            # zero_division=1: a class neither annotated nor predicted anywhere in the split is right,
+            # as the multiclass macro average (which skips such classes) treats it.
+            args = dict(num_labels=k, threshold=MULTI_LABEL_THRESHOLD, zero_division=1.0)
             metrics = {
                 # Exact match: every label of the image right.
                 "val/accuracy": F.classification.multilabel_exact_match(scores, targets, num_labels=k, threshold=MULTI_LABEL_THRESHOLD),
