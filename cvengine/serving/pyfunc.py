@@ -67,13 +67,13 @@ def _better(value: float, than: float, mode: str) -> bool:
 
 def register_with_alias(model_uri: str, name: str, alias: str = "champion", metric: str | None = None, value: float | None = None, mode: str = "max"):
     """Register `model_uri` as a new version of `name`; move `alias` to it only when `value` (the
-    run's `metric`) beats the alias holder's, or no version holds the alias. Returns (version, moved)."""
+    run's `metric`) beats the alias holder's, or no version holds the alias. Returns (version number, moved)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
+    version = int(mlflow.register_model(model_uri, name).version)
     has_value = value is not None and not math.isnan(float(value))
     if has_value:
         client.set_model_version_tag(name, version, METRIC_TAG, metric)
