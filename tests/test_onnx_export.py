@@ -1,0 +1,41 @@
+"""ONNX export of a detection family: ONNX Runtime matches PyTorch, and cvengine.predict runs the
+exported folder with the same answers as the PyTorch model folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+
+pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra: pip install 'cvengine[onnx]'")
+pytest.importorskip("onnxscript", reason="ONNX export needs the [onnx] extra: pip install 'cvengine[onnx]'")
+
+
+def test_yolos_onnx_parity_and_predict(tiny_model, demo_detection, tmp_path):
+    from cvengine.data.images import read_image
+    from cvengine.serving.predictor import Predictor
+
+    model_dir = tiny_model("detection", "yolos")
+    out = tmp_path / "yolos-onnx"
+    result = run_module("cvengine.export", "--model", model_dir, "--format", "onnx", "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max abs diff" in result.stdout
+    meta = json.loads((out / "cvengine.json").read_text())["onnx"]
+    assert meta["max_abs_diff"] <= 1e-3 and meta["dynamic_batch"] is True
+    assert (out / "preprocessor_config.json").exists() and (out / "config.json").exists()
+
+    files = sorted((demo_detection / "val" / "images").glob("*.jpg"))[:3]
+    images = [read_image(str(f)) for f in files]
+    onnx_predictions = Predictor(out).predict(images)
+    torch_predictions = Predictor(model_dir, device="cpu").predict(images)
+    for got, expected in zip(onnx_predictions, torch_predictions):
+        np.testing.assert_allclose(got["scores"], expected["scores"], atol=1e-4)
+        np.testing.assert_allclose(got["boxes_xyxy_abs"], expected["boxes_xyxy_abs"], atol=1e-2)
+
+    pred_dir = tmp_path / "pred"
+    result = run_module("cvengine.predict", "--model", out, *map(str, files), "--output", pred_dir, "--no-render")
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = json.loads((pred_dir / "predictions.json").read_text())
+    assert len(records) == sum(len(p["scores"]) for p in onnx_predictions)
