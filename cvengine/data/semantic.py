@@ -131,8 +131,7 @@ class MaskFolderIndex(SemanticIndex):
         self.ignore_index = ignore_index
         self.reduce_labels = reduce_labels
         for f in file_names:
-            if not os.path.isfile(self.mask_path_of(f)):
-                raise DataError(f"{masks_dir}: no mask for image {os.path.join(images_dir, f)} (expected {self.mask_path_of(f)})")
+            _check_mask_header(os.path.join(images_dir, f), self.mask_path_of(f))
         super().__init__(images_dir, masks_dir, class_names, np.arange(1, len(file_names) + 1, dtype=np.int64), file_names)
 
     def mask_path_of(self, file_name: str) -> str:
@@ -144,6 +143,27 @@ class MaskFolderIndex(SemanticIndex):
     def semantic_map(self, i: int) -> np.ndarray:
         path = self.mask_path(i)
         return remap_png_labels(read_label_png(path), self.num_classes, self.ignore_index, self.reduce_labels, path)
+
+
+def _check_mask_header(image_path: str, mask_path: str) -> None:
+    """Before any training: the mask exists, is a readable single-channel image, and has the image's
+    size. Headers only (no pixel decoding), a fraction of a millisecond per pair."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(mask_path):
+        raise DataError(f"{mask_path}: no mask for image {image_path} (masks are <masks>/<image path without extension>.png)")
+    try:
+        with Image.open(mask_path) as mask:
+            mask_size, mode = mask.size, mask.mode
+        with Image.open(image_path) as image:
+            # EXIF orientations 5-8 swap width and height when the image is read (read_image).
+            image_size = image.size[::-1] if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read {mask_path} or its image {image_path}: {err}") from None
+    if mode in ("RGB", "RGBA", "LA", "CMYK"):
+        raise DataError(f"mask {mask_path} is a {mode} colour image; masks must hold one label id per pixel (PNG mode L, P or I;16)")
+    if mask_size != image_size:
+        raise DataError(f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but image {image_path} is {image_size[0]}x{image_size[1]} (width x height)")
 
 
 def read_class_names(labels, where: str = "data.labels") -> list[str]:
