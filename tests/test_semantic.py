@@ -230,3 +230,31 @@ def test_rle_with_wrong_size_exits_2(tmp_path, tiny_model, demo_semantic):
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()
     assert len(line) == 1 and str(path) in line[0] and f"annotation id {data['annotations'][2]['id']}" in line[0] and "[50, 50]" in line[0]
+
+
+def test_data_check_reports_every_bad_mask_and_image_folder(tmp_path, demo_semantic):
+    import shutil
+
+    shutil.copytree(demo_semantic / "train", tmp_path / "train")
+    masks = sorted((tmp_path / "train" / "masks").glob("*.png"))
+    values = np.asarray(Image.open(masks[0])).copy()
+    values[0, 0] = 77
+    Image.fromarray(values, mode="L").save(masks[0])
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks[1])
+    masks[2].write_bytes(b"junk")
+    args = [tmp_path / "train" / "images", "--masks", tmp_path / "train" / "masks", "--labels", tmp_path / "train" / "labels.json"]
+    result = run_module("cvengine.data", "check", *args)
+    assert result.returncode == 1
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3
+    assert str(masks[0]) in errors[0] and "[77]" in errors[0]
+    assert str(masks[1]) in errors[1] and "10x10" in errors[1]
+    assert str(masks[2]) in errors[2]
+
+    from cvengine.data.demo import make_demo
+
+    make_demo(tmp_path / "folders", task="classification", num_train=4, num_val=1, layout="imagefolder")
+    bad = tmp_path / "folders" / "train" / "images" / "3" / "bad.jpg"
+    bad.write_text("junk")
+    result = run_module("cvengine.data", "check", tmp_path / "folders" / "train" / "images")
+    assert result.returncode == 1 and f"cannot read image {bad}" in result.stdout

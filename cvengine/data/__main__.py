@@ -31,9 +31,30 @@ def _demo(args) -> int:
     return 0
 
 
+def _check_folders(args) -> int:
+    """ANNOTATIONS is a folder: semantic PNG masks (with --masks and --labels) or ImageFolder."""
+    from cvengine.data.check_tasks import check_image_folder, check_mask_folder
+
+    if args.masks:
+        from cvengine.data.semantic import read_class_names
+
+        if not args.labels:
+            raise DataError("checking a mask folder needs --labels FILE (class names by label id) to know the valid label ids")
+        num_classes = len(read_class_names(args.labels, where="--labels"))
+        report = check_mask_folder(args.annotations, args.masks, num_classes, args.ignore_index, args.reduce_labels, workers=args.workers)
+    else:
+        report = check_image_folder(args.annotations, workers=args.workers)
+    for line in report.lines(max_per_kind=args.max_per_kind):
+        print(line)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def _check(args) -> int:
     from cvengine.data.check import check_dataset
 
+    if os.path.isdir(args.annotations):
+        return _check_folders(args)
     images_dir = args.images
     if images_dir is None:
         images_dir = os.path.join(os.path.dirname(os.path.abspath(args.annotations)), "images")
@@ -79,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--images", metavar="DIR", help="images folder (default: 'images' beside ANNOTATIONS)")
     check.add_argument("--workers", type=int, default=None, help="threads decoding images (default: cores, at most 8)")
     check.add_argument("--masks", metavar="DIR", help="COCO panoptic: folder of segment PNGs (default: ANNOTATIONS without .json)")
+    # ANNOTATIONS may be a folder: an ImageFolder (images/<class>/…), or with --masks and --labels
+    # the images of a semantic segmentation data set whose label PNGs lie in --masks.
+    check.add_argument("--labels", metavar="FILE", help="semantic PNG masks: class names by label id (JSON list/object or one per line)")
+    check.add_argument("--ignore-index", type=int, default=255, help="semantic PNG masks: the value of unlabelled pixels (default 255)")
+    check.add_argument("--reduce-labels", action="store_true", help="semantic PNG masks: 0 is ignored and v means class v-1 (ADE20K)")
     check.add_argument(
         "--max-per-kind", type=int, default=50, metavar="N", help="print at most N lines per kind of problem (0: all; default 50)"
     )
