@@ -216,3 +216,16 @@ def test_digits_held_out_accuracy(tmp_path, tiny_model):
     print(f"digits: held-out accuracy {accuracy:.4f} after {state.global_step} steps in {seconds:.1f} s")
     assert state.global_step >= 300
     assert accuracy >= 0.95
+
+
+def test_distilled_deit_checkpoint_loads_the_trainable_head(tmp_path):
+    import transformers as T
+
+    config = T.DeiTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, architectures=["DeiTForImageClassificationWithTeacher"])
+    T.DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path)
+    square = {"height": 32, "width": 32}
+    T.DeiTImageProcessorPil(size=square, crop_size=square).save_pretrained(tmp_path)
+    model, _, _ = load_model(str(tmp_path), True, "classification", ["a", "b", "c"])
+    assert type(model).__name__ == "DeiTForImageClassification"
+    loss = model(pixel_values=torch.zeros(2, 3, 32, 32), labels=torch.tensor([0, 2])).loss
+    assert math.isfinite(loss.item()) and loss.item() > 0

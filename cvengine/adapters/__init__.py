@@ -111,6 +111,10 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
         overrides["problem_type"] = "multi_label_classification"
     elif task == "classification" and getattr(config, "problem_type", None) == "multi_label_classification":
         overrides["problem_type"] = "single_label_classification"
+    if task == "classification" and config.model_type == "deit":
+        # Distilled DeiT checkpoints name their inference-only head (WithTeacher: no labels, no
+        # loss); the trainable head with the same backbone weights is DeiTForImageClassification.
+        overrides["architectures"] = ["DeiTForImageClassification"]
     # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
     if hasattr(config, "use_pretrained_backbone"):
         overrides["use_pretrained_backbone"] = False
