@@ -2,7 +2,8 @@
 
 Runs a trained model (a run folder, its model/ folder, an ONNX export folder or an MLflow model URI)
 on image files, folders, globs and videos; writes `predictions.json` in the task's standard format
-(detection: COCO results with ORIGINAL category ids, plus `file_name`) and the rendered images.
+(detection: COCO results with ORIGINAL category ids, plus `file_name`; classification: top-5 per
+image; semantic segmentation: PNG label maps indexed by the json) and the rendered images.
 """
 from __future__ import annotations
 
@@ -127,13 +128,15 @@ def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, 
     stream = predictor.predict_stream(read_inputs(files, fps))
     for image_id, (name, image, prediction) in enumerate(tqdm(stream, total=count_items(files, fps), unit="img", desc="predict", disable=None), start=1):
         prediction = task.filter_prediction(prediction, threshold)
-        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_to_category_id))
+        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_to_category_id, class_names=predictor.class_names, out_dir=out_dir))
         if render:
             drawn = task.render(image, task.filter_prediction(prediction, max(threshold, draw_threshold)), predictor.class_names)
             Image.fromarray(drawn).save(rendered_dir / _rendered_name(name, used), quality=90)
     path = out_dir / "predictions.json"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records))
+    # Tasks whose standard format is more than a list of records (semantic: an index of PNG files).
+    document = task.predictions_document(records, predictor.class_names, predictor.label_to_category_id) if hasattr(task, "predictions_document") else records
+    tmp.write_text(json.dumps(document))
     os.replace(tmp, path)
     return path
 

@@ -154,7 +154,15 @@ class Predictor:
         samples = []
         for i, image in enumerate(images):
             resized, _, _ = self.adapter.resize(image)
-            samples.append(Sample(image=np.ascontiguousarray(resized), image_id=i, orig_size=tuple(image.shape[:2]), boxes_xyxy_abs=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64)))
+            h, w = resized.shape[:2]
+            # Empty targets of every task's kind: collate functions build label tensors from them.
+            samples.append(
+                Sample(
+                    image=np.ascontiguousarray(resized), image_id=i, orig_size=tuple(image.shape[:2]),
+                    boxes_xyxy_abs=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                    masks=np.zeros((0, h, w), np.uint8), semantic_map=np.full((h, w), 255, np.int64), class_label=0,
+                )
+            )
         return self.adapter.collate(samples)
 
     def _to_device(self, batch: dict) -> dict:

@@ -54,6 +54,27 @@ class ClassificationTask:
     def evaluator(self, index: ClassificationIndex) -> "ClassificationEvaluator":
         return ClassificationEvaluator(index)
 
+    # -- inference hooks (predict, serving, export); see DetectionTask ----------------------------------
+    onnx_outputs = ("logits",)
+
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id, class_names=(), out_dir=None) -> list[dict]:
+        from cvengine.serving import classification
+
+        return classification.records(prediction, image_id, file_name, label_to_category_id, list(class_names))
+
+    def filter_prediction(self, prediction: dict, threshold: float) -> dict:
+        return prediction  # every class keeps its probability; the top-5 are reported
+
+    def render(self, image, prediction: dict, class_names: list[str]):
+        from cvengine.serving import classification
+
+        return classification.render(image, prediction, class_names)
+
+    def serving_output(self, prediction: dict, class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import classification
+
+        return classification.serving_output(prediction, class_names, label_to_category_id)
+
 
 class ClassificationEvaluator:
     """Per-image class probabilities of the whole split against the index's labels."""
@@ -115,7 +136,9 @@ class ClassificationEvaluator:
             per_class = F.classification.multiclass_f1_score(scores, targets, average=None, **args)
             self._log_confusion_matrix(F.classification.multiclass_confusion_matrix(scores, targets, **args).numpy())
         metrics = {key: float(value) for key, value in metrics.items()}
-        metrics.update({f"val/f1/{name}": float(v) for name, v in zip(names, per_class.tolist())})
+        from cvengine.metrics.segmentation import metric_name
+
+        metrics.update({f"val/f1/{metric_name(name)}": float(v) for name, v in zip(names, per_class.tolist())})
         return metrics
 
     def _log_confusion_matrix(self, matrix: np.ndarray) -> None:

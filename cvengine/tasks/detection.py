@@ -44,7 +44,7 @@ class DetectionTask:
     # The raw model outputs an exported graph must return, in this order, for the adapter's postprocess.
     onnx_outputs = ("logits", "pred_boxes")
 
-    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id) -> list[dict]:
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id, class_names=(), out_dir=None) -> list[dict]:
         from cvengine.serving import detection
 
         return detection.records(prediction, image_id, file_name, label_to_category_id)

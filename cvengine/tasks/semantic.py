@@ -50,6 +50,32 @@ class SemanticSegmentationTask:
     def evaluator(self, index: SemanticIndex) -> "SemanticEvaluator":
         return SemanticEvaluator(index)
 
+    # -- inference hooks (predict, serving, export); see DetectionTask ----------------------------------
+    onnx_outputs = ("logits",)
+
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id, class_names=(), out_dir=None) -> list[dict]:
+        from cvengine.serving import semantic
+
+        return semantic.records(prediction, image_id, file_name, out_dir)
+
+    def predictions_document(self, records: list[dict], class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import semantic
+
+        return semantic.document(records, class_names, label_to_category_id)
+
+    def filter_prediction(self, prediction: dict, threshold: float) -> dict:
+        return prediction  # a label map has no scores to threshold
+
+    def render(self, image, prediction: dict, class_names: list[str]):
+        from cvengine.serving import semantic
+
+        return semantic.render(image, prediction, class_names)
+
+    def serving_output(self, prediction: dict, class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import semantic
+
+        return semantic.serving_output(prediction, class_names, label_to_category_id)
+
 
 class SemanticEvaluator:
     """Scores predicted label maps against the index's ground truth at the original resolution.
