@@ -8,9 +8,16 @@ Ignored pixels (label 255) are in no cell.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from cvengine.data.masks import IGNORE
+
+
+def metric_name(class_name: str) -> str:
+    """A class name usable in a metric key: MLflow accepts letters, digits and _ - . / and spaces."""
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", class_name)
 
 
 def confusion_matrix(target: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -43,7 +50,7 @@ def segmentation_scores(conf: np.ndarray, class_names: list[str], prefix: str = 
         f"{prefix}pixel_accuracy": float(tp.sum() / total) if total else 0.0,
     }
     for name, value in zip(class_names, iou):
-        metrics[f"{prefix}iou/{name}"] = float(value)
+        metrics[f"{prefix}iou/{metric_name(name)}"] = float(value)
     for name, value in zip(class_names, dice):
-        metrics[f"{prefix}dice/{name}"] = float(value)
+        metrics[f"{prefix}dice/{metric_name(name)}"] = float(value)
     return metrics
