@@ -135,6 +135,10 @@ class TrackingSection:
     # MLflow registry URI, e.g. "databricks-uc"; empty: the tracking URI.
     registry_uri: Optional[str] = None
 
+    def __attrs_post_init__(self):
+        if self.registered_model and not self.log_model:
+            raise RecipeError("'registered_model' needs 'log_model = true' (only a logged model can be registered)")
+
 
 @attrs.define
 class RayOnSparkSection:
