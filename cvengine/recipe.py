@@ -128,16 +128,12 @@ class TrackingSection:
     run_name: Optional[str] = None
     # At the end of training, log the best model as an MLflow pyfunc model (servable, loadable).
     log_model: bool = False
-    # Register the logged model under this name (needs log_model); "catalog.schema.name" on Unity Catalog.
+    # Log (whatever log_model says) and register the model under this name; "catalog.schema.name" on Unity Catalog.
     registered_model: Optional[str] = None
     # Alias given to the new version when its monitored metric beats the current holder's.
     alias: str = "champion"
     # MLflow registry URI, e.g. "databricks-uc"; empty: the tracking URI.
     registry_uri: Optional[str] = None
-
-    def __attrs_post_init__(self):
-        if self.registered_model and not self.log_model:
-            raise RecipeError("'registered_model' needs 'log_model = true' (only a logged model can be registered)")
 
 
 @attrs.define

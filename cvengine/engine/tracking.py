@@ -100,7 +100,8 @@ class MLflowHook(Callback):
                 mlflow.log_artifact(str(run_dir / "metrics.json"))
             if self.log_model and (run_dir / "model").exists():
                 mlflow.log_artifacts(str(run_dir / "model"), artifact_path="model")
-            if engine.recipe.tracking.log_model and state.status == "FINISHED" and (run_dir / "model").exists():
+            tracking = engine.recipe.tracking
+            if (tracking.log_model or tracking.registered_model) and state.status == "FINISHED" and (run_dir / "model").exists():
                 log_and_register(engine.recipe.tracking, run_dir / "model", engine.monitor, state.best_metric, engine.mode)
         finally:
             mlflow.end_run(status="FINISHED" if state.status == "FINISHED" else "FAILED")
