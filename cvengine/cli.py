@@ -45,5 +45,7 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # MLflow announces every table and experiment it creates at INFO.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Accelerate logs every file of every checkpoint it saves.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
