@@ -135,7 +135,7 @@ def test_overfit_through_run_cli_with_mlflow_confusion_matrix(tmp_path, tiny_mod
     """16 demo images, 50 steps: train accuracy 1.0 measured (1-24 steps to reach it); assert >= 0.9."""
     import mlflow
 
-    recipe = _recipe(demo_classification, tiny_model("classification", "resnet"), tmp_path / "runs", max_epochs=25)
+    recipe = _recipe(demo_classification, tiny_model("classification", "resnet"), tmp_path / "runs", max_epochs=25, eval_every_epochs=25)
     recipe["data"]["val"] = recipe["data"]["train"]
     result = run_module("cvengine.run", _write_toml(tmp_path / "r.toml", recipe), "tracking.run_name=overfit", "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
