@@ -68,24 +68,29 @@ def test_unknown_family_lists_supported(tmp_path):
     assert "'vit'" in str(err.value) and "rt_detr" in str(err.value) and "yolos" in str(err.value)
 
 
-def test_fast_path_matches_the_image_processor(tiny_model, demo_detection):
-    """Our resize/pad/normalise reproduces what the family's own processor feeds the model."""
+@pytest.mark.parametrize("family, image_size", [("detr", None), ("rt_detr", None), ("detr", 240), ("rt_detr", 224)])
+def test_fast_path_matches_the_image_processor(family, image_size, tiny_model, demo_detection):
+    """Our resize/pad/normalise reproduces what the family's own processor feeds the model, both when
+    the loader worker shrinks the image and when the upscale is left to the device (160 px demo
+    images, model sizes 128 and 224/240)."""
     from PIL import Image
 
     from cvengine.adapters.detection import DetrFamilyAdapter
 
-    for family in ("detr", "rt_detr"):
-        model, processor, _ = load_model(tiny_model("detection", family), True, "detection", [str(i) for i in range(10)])
-        adapter = DetrFamilyAdapter(model, processor)
-        index = CocoIndex.load(demo_detection / "train" / "annotations.json", demo_detection / "train" / "images")
-        dataset = CocoDetectionDataset(index, resize=adapter.resize)
-        sample = dataset[0]
-        ours = adapter.model_inputs(adapter.collate([sample]), with_labels=False)["pixel_values"]
-        image = Image.open(index.image_path(0)).convert("RGB")
-        theirs = processor(images=[image], return_tensors="pt")["pixel_values"]
-        assert ours.shape == theirs.shape
-        # Same geometry and normalisation; resampling kernels differ slightly (cv2 vs PIL).
-        assert (ours - theirs).abs().mean() < 0.05
+    model, processor, _ = load_model(tiny_model("detection", family), True, "detection", [str(i) for i in range(10)])
+    adapter = DetrFamilyAdapter(model, processor, image_size)
+    index = CocoIndex.load(demo_detection / "train" / "annotations.json", demo_detection / "train" / "images")
+    dataset = CocoDetectionDataset(index, resize=adapter.resize)
+    samples = [dataset[0], dataset[1]]
+    batch = adapter.collate(samples)
+    deferred = batch["image_sizes"] != batch["input_sizes"]
+    assert deferred == (image_size is not None)
+    ours = adapter.model_inputs(batch, with_labels=False)["pixel_values"]
+    images = [Image.open(index.image_path(i)).convert("RGB") for i in (0, 1)]
+    theirs = processor(images=images, return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape
+    # Same geometry and normalisation; resampling kernels differ slightly (cv2 / torch vs PIL).
+    assert (ours - theirs).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (640, 480), (100, 3000), (800, 800)])

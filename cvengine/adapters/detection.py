@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cvengine.data.dataset import Sample
-from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
+from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack, resize_on_device
 
 # COCO keeps at most 100 detections per image; no score threshold before metrics.
 MAX_DETECTIONS = 100
@@ -27,7 +27,7 @@ class DetrFamilyAdapter:
 
     def __init__(self, model, processor, image_size: int | None = None):
         self.processor = processor
-        self.resize = ResizePolicy.from_processor(processor, image_size)
+        self.resize = ResizePolicy.from_processor(processor, image_size, defer_upscale=True)
         if image_size is not None and getattr(processor, "size", None) is not None:
             processor.size = self.resize.size  # the exported processor carries the override
         self.normalize = Normalizer(processor)
@@ -36,6 +36,8 @@ class DetrFamilyAdapter:
 
     # -- in the loader workers ----------------------------------------------------------------------
     def collate(self, samples: list[Sample]) -> dict:
+        image_sizes = [tuple(s.image.shape[:2]) for s in samples]
+        input_sizes = [self.resize.input_hw(h, w) for h, w in image_sizes]
         pixels, pixel_mask = pad_stack([s.image for s in samples], self.pad_multiple)
         labels = []
         for s in samples:
@@ -49,12 +51,20 @@ class DetrFamilyAdapter:
             "labels": labels,
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
             "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
+            # Plain lists (stay on the host): sizes of the images in `pixels_uint8`, and the model-input
+            # sizes they still have to reach on the device (upscaling is deferred to there).
+            "image_sizes": image_sizes,
+            "input_sizes": input_sizes,
         }
 
     # -- on the device ------------------------------------------------------------------------------
     def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
         # Padding is zero AFTER normalisation, as the processors pad.
-        pixel_values = self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)
+        pixels, pixel_mask = batch["pixels_uint8"], batch["pixel_mask"]
+        if batch["image_sizes"] != batch["input_sizes"]:
+            pixels, pixel_mask = resize_on_device(pixels, batch["image_sizes"], batch["input_sizes"], self.pad_multiple)
+            batch["pixel_mask"] = pixel_mask
+        pixel_values = self.normalize(pixels) * pixel_mask.unsqueeze(1)
         inputs = {"pixel_values": pixel_values}
         if self.accepts_pixel_mask:
             inputs["pixel_mask"] = batch["pixel_mask"].long()

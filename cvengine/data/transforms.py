@@ -68,11 +68,14 @@ class ResizePolicy:
     """Output (H, W) for an input (H, W), with the semantics of the processor's `size`:
     {height, width} (fixed), {shortest_edge[, longest_edge]} (aspect kept), {max_height, max_width}."""
 
-    def __init__(self, size: dict):
+    def __init__(self, size: dict, defer_upscale: bool = False):
         self.size = dict(size)
+        # Upscaling in a loader worker makes every later copy (collate, pinning, host-to-device) bigger;
+        # with defer_upscale the worker leaves such images as they are and `resize_on_device` does it.
+        self.defer_upscale = defer_upscale
 
     @classmethod
-    def from_processor(cls, processor, image_size: int | None = None) -> "ResizePolicy":
+    def from_processor(cls, processor, image_size: int | None = None, defer_upscale: bool = False) -> "ResizePolicy":
         size = _size_dict(getattr(processor, "size", None)) if getattr(processor, "do_resize", True) else {}
         if image_size is not None and size:
             # Scale every edge limit by the same factor so that e.g. DETR's 800/1333 ratio is kept.
@@ -81,7 +84,13 @@ class ResizePolicy:
             size = {k: max(1, int(round(v * factor))) for k, v in size.items()}
         elif image_size is not None:
             size = {"height": image_size, "width": image_size}
-        return cls(size)
+        return cls(size, defer_upscale=defer_upscale)
+
+    def input_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The model-input size for an image of (h, w) that may already have been resized by this
+        policy: resizing twice can move an edge by a pixel through rounding, which is not worth a pass."""
+        th, tw = self.target_hw(h, w)
+        return (h, w) if abs(th - h) <= 1 and abs(tw - w) <= 1 else (th, tw)
 
     def target_hw(self, h: int, w: int) -> tuple[int, int]:
         s = self.size
@@ -106,7 +115,7 @@ class ResizePolicy:
 
         h, w = image.shape[:2]
         th, tw = self.target_hw(h, w)
-        if (th, tw) == (h, w):
+        if (th, tw) == (h, w) or (self.defer_upscale and th * tw > h * w):
             return image, boxes_xyxy_abs, masks
         interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
         image = cv2.resize(image, (tw, th), interpolation=interp)
@@ -138,6 +147,27 @@ class Normalizer:
         scale = self.scale.to(pixels_uint8.device)
         shift = self.shift.to(pixels_uint8.device)
         return torch.addcmul(shift, pixels_uint8.float(), scale)
+
+
+def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded uint8 batch (B, 3, H, W) holding images of `sizes` [(h, w), …] -> float (B, 3, H', W')
+    with image i resized to targets[i] (bilinear, antialiased when shrinking, as PIL resamples) and
+    padded bottom/right with 0, plus the matching pixel mask (B, H', W') uint8."""
+    import torch.nn.functional as F
+
+    hmax = max(t[0] for t in targets)
+    wmax = max(t[1] for t in targets)
+    if multiple > 1:
+        hmax, wmax = math.ceil(hmax / multiple) * multiple, math.ceil(wmax / multiple) * multiple
+    out = pixels_uint8.new_zeros((len(sizes), 3, hmax, wmax), dtype=torch.float32)
+    mask = pixels_uint8.new_zeros((len(sizes), hmax, wmax), dtype=torch.uint8)
+    for i, ((h, w), (th, tw)) in enumerate(zip(sizes, targets)):
+        image = pixels_uint8[i : i + 1, :, :h, :w].float()
+        if (th, tw) != (h, w):
+            image = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False, antialias=th < h or tw < w)
+        out[i, :, :th, :tw] = image[0]
+        mask[i, :th, :tw] = 1
+    return out, mask
 
 
 def pad_stack(images: list[np.ndarray], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
