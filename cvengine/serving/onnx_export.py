@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def export_onnx(model: str, output: str | Path, tolerance: float = DEFAULT_TOLER
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             diff = _parity(session, wrapper, inputs, input_names)
         except Exception as err:  # the exporters raise many types; the first line is what helps
-            text = str(err).strip()
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # the exporter colours its messages
             errors.append(f"{name} exporter: {type(err).__name__}: {text.splitlines()[0][:300] if text else ''}")
             onnx_path.unlink(missing_ok=True)
             continue
