@@ -84,3 +84,23 @@ def test_pad_stack_pads_bottom_right_with_a_mask():
     assert pixels.shape == (2, 3, 4, 3) and mask.shape == (2, 4, 3)
     assert mask[0].sum() == 6 and mask[1].sum() == 8
     assert pixels[0, :, :2, :].eq(7).all() and pixels[0, :, 2:, :].eq(0).all()
+
+
+def test_missing_image_size_is_read_from_the_file(tmp_path):
+    from cvengine.data.coco import CocoIndex
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(_gradient(40, 60)).save(tmp_path / "images" / "a.png")
+    data = {
+        "images": [{"id": 7, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 5, 20, 30], "iscrowd": 0}],
+        "categories": [{"id": 3, "name": "x"}],
+    }
+    index = CocoIndex(data, "ann.json", str(tmp_path / "images"))
+    assert (index.heights[0], index.widths[0]) == (40, 60)
+    boxes, labels = index.targets(0)
+    np.testing.assert_allclose(boxes, [[10, 5, 30, 35]])
+    assert index.num_degenerate == 0
+    data["images"][0]["file_name"] = "missing.png"
+    with pytest.raises(DataError, match="image id 7 has no width/height"):
+        CocoIndex(data, "ann.json", str(tmp_path / "images"))
