@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 from cvengine.data.check import Report, _Collector, _image_shape
 from cvengine.data.classification import IMAGE_EXTENSIONS, image_folder_classes

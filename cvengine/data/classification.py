@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 from cvengine.data.coco import CocoIndex, read_json
-from cvengine.data.dataset import Sample
+from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import read_image
 from cvengine.errors import DataError
 
@@ -127,29 +126,15 @@ def image_folder_classes(images_dir: str, where: str = "") -> list[str]:
     return classes
 
 
-class ClassificationDataset(torch.utils.data.Dataset):
+class ClassificationDataset(SampleDataset):
     """Samples with `class_label` (single-label) and `labels` (every target label). Augmentation is
     seeded per (seed, epoch, index) like the detection dataset's."""
-
-    def __init__(self, index: ClassificationIndex, augment=None, resize=None, seed: int = 0):
-        self.index = index
-        self.augment = augment
-        self.resize = resize
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
         image = read_image(self.index.image_path(i))
         orig_size = image.shape[:2]
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % (2**31))
-            image = self.augment(image=image)["image"]
+            image = self.augment_sample(i, image=image)["image"]
         if self.resize is not None:
             image, _, _ = self.resize(image)
         labels = self.index.labels_of(i)

@@ -7,7 +7,6 @@ import attrs
 import numpy as np
 import torch
 
-from cvengine.data.coco import CocoIndex
 from cvengine.data.images import read_image
 
 
@@ -24,14 +23,14 @@ class Sample:
     class_label: Optional[int] = None
 
 
-class CocoDetectionDataset(torch.utils.data.Dataset):
-    """Samples of a CocoIndex; training targets exclude crowd regions.
+class SampleDataset(torch.utils.data.Dataset):
+    """Base of every task's dataset: an index, train-time augmentation and the adapter's resize.
 
     Augmentation is seeded per (seed, epoch, index), so a sample's augmentation does not depend on
     which worker loads it or on how many workers there are: a resumed run sees the same pixels.
     """
 
-    def __init__(self, index: CocoIndex, augment=None, resize: Callable | None = None, seed: int = 0):
+    def __init__(self, index, augment=None, resize: Callable | None = None, seed: int = 0):
         self.index = index
         self.augment = augment
         self.resize = resize
@@ -45,13 +44,21 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def augment_sample(self, i: int, **targets) -> dict:
+        """Albumentations' output for sample i (image=…, bboxes=…, mask=…), seeded as above."""
+        self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % (2**31))
+        return self.augment(**targets)
+
+
+class CocoDetectionDataset(SampleDataset):
+    """Samples of a CocoIndex; training targets exclude crowd regions."""
+
     def __getitem__(self, i: int) -> Sample:
         image = read_image(self.index.image_path(i))
         orig_size = image.shape[:2]
         boxes, labels = self.index.targets(i)
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % (2**31))
-            out = self.augment(image=image, bboxes=boxes, labels=labels)
+            out = self.augment_sample(i, image=image, bboxes=boxes, labels=labels)
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)

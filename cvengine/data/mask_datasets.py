@@ -3,12 +3,10 @@ segmentation). Masks move with the image through augmentation and resize (neares
 are recomputed from the masks afterwards, and a mask emptied by a crop is dropped with its label."""
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
-import torch
 
-from cvengine.data.dataset import Sample
+from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import read_image
 
 
@@ -22,20 +20,7 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-class _MaskDataset(torch.utils.data.Dataset):
-    def __init__(self, index, augment=None, resize: Callable | None = None, seed: int = 0):
-        self.index = index
-        self.augment = augment
-        self.resize = resize
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index)
-
+class _MaskDataset(SampleDataset):
     def _targets(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -48,8 +33,7 @@ class _MaskDataset(torch.utils.data.Dataset):
 
             raise DataError(f"{self.index.annotations_path}: image id {int(self.index.image_ids[i])}: masks are {masks.shape[2]}x{masks.shape[1]} but {self.index.image_path(i)} is {image.shape[1]}x{image.shape[0]}; run python -m cvengine.data check")
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % (2**31))
-            out = self.augment(image=image, masks=list(masks)) if len(masks) else self.augment(image=image)
+            out = self.augment_sample(i, image=image, masks=list(masks)) if len(masks) else self.augment_sample(i, image=image)
             image = out["image"]
             if len(masks):
                 masks = np.stack([np.asarray(m, dtype=np.uint8) for m in out["masks"]])

@@ -14,11 +14,10 @@ import json
 import os
 
 import numpy as np
-import torch
 
 from cvengine.data.classification import IMAGE_EXTENSIONS
 from cvengine.data.coco import CocoIndex, read_json
-from cvengine.data.dataset import Sample
+from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import read_image
 from cvengine.data.masks import IGNORE, paint_semantic_map, read_label_png, remap_png_labels
 from cvengine.errors import DataError, RecipeError
@@ -200,22 +199,9 @@ def read_class_names(labels, where: str = "data.labels") -> list[str]:
     return names
 
 
-class SemanticDataset(torch.utils.data.Dataset):
+class SemanticDataset(SampleDataset):
     """Samples with `semantic_map` (H, W) int64 at the resized size; augmentation moves the map with
     the image (Albumentations' `mask`), resizing uses NEAREST for the map."""
-
-    def __init__(self, index: SemanticIndex, augment=None, resize=None, seed: int = 0):
-        self.index = index
-        self.augment = augment
-        self.resize = resize
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
         path = self.index.image_path(i)
@@ -226,8 +212,7 @@ class SemanticDataset(torch.utils.data.Dataset):
             raise DataError(f"{source}: mask is {semantic.shape[1]}x{semantic.shape[0]} but image {path} is {image.shape[1]}x{image.shape[0]} (width x height)")
         orig_size = image.shape[:2]
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % (2**31))
-            out = self.augment(image=image, mask=semantic)
+            out = self.augment_sample(i, image=image, mask=semantic)
             image, semantic = out["image"], out["mask"]
         if self.resize is not None:
             image, _, maps = self.resize(image, None, semantic[None])

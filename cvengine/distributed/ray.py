@@ -25,7 +25,6 @@ from pathlib import Path
 import attrs
 
 from cvengine.engine.checkpoint import CheckpointHook
-from cvengine.engine.hooks import Callback
 from cvengine.engine.tracking import MLflowHook
 from cvengine.errors import CvengineError
 from cvengine.recipe import Recipe, load_recipe, recipe_to_dict
