@@ -1,4 +1,5 @@
-"""`python -m cvengine.run RECIPE [key=value …]`: train, then evaluate the best checkpoint."""
+"""`python -m cvengine.run RECIPE [key=value …]`: train, validating every `train.eval_every_epochs` and
+keeping the best checkpoint, the exported model folder and metrics.json in the run folder."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ log = logging.getLogger("cvengine")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cvengine.run", description="Train a model from a TOML recipe, then evaluate its best checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m cvengine.run", description="Train a model from a TOML recipe; validation picks the best checkpoint.")
     parser.add_argument("recipe", help="TOML recipe file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.max_epochs=3 data.root=./demo")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
