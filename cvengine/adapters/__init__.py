@@ -10,7 +10,7 @@ import os
 from cvengine.adapters.classification import ImageClassificationAdapter
 from cvengine.adapters.detection import DetrFamilyAdapter
 from cvengine.adapters.semantic import SemanticSegmentationAdapter
-from cvengine.adapters.universal_segmentation import InstanceSegmentationAdapter, PanopticSegmentationAdapter
+from cvengine.adapters.universal_segmentation import InstanceSegmentationAdapter, PanopticSegmentationAdapter, SemanticUniversalAdapter
 from cvengine.errors import RecipeError
 
 ADAPTERS: dict[str, dict[str, type]] = {
@@ -45,6 +45,9 @@ ADAPTERS: dict[str, dict[str, type]] = {
         "dpt": SemanticSegmentationAdapter,
         "mobilevit": SemanticSegmentationAdapter,
         "beit": SemanticSegmentationAdapter,
+        # Mask-classification models in semantic mode (AutoModelForUniversalSegmentation).
+        "mask2former": SemanticUniversalAdapter,
+        "maskformer": SemanticUniversalAdapter,
     },
     "instance_segmentation": {
         "mask2former": InstanceSegmentationAdapter,
@@ -57,13 +60,35 @@ ADAPTERS: dict[str, dict[str, type]] = {
 }
 
 
+class _SemanticAutoModel:
+    """AutoModelForSemanticSegmentation, or AutoModelForUniversalSegmentation for the families that
+    segment by mask classification (they have no semantic-segmentation head class)."""
+
+    @staticmethod
+    def _auto_for(config):
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+        if config.model_type in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+            return transformers.AutoModelForSemanticSegmentation
+        return transformers.AutoModelForUniversalSegmentation
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return cls._auto_for(config).from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name, **kwargs):
+        return cls._auto_for(load_config(str(name))).from_pretrained(name, **kwargs)
+
+
 def _auto_model_class(task: str):
     import transformers
 
     return {
         "detection": transformers.AutoModelForObjectDetection,
         "classification": transformers.AutoModelForImageClassification,
-        "semantic_segmentation": transformers.AutoModelForSemanticSegmentation,
+        "semantic_segmentation": _SemanticAutoModel,
         "instance_segmentation": transformers.AutoModelForUniversalSegmentation,
         "panoptic_segmentation": transformers.AutoModelForUniversalSegmentation,
     }[task]

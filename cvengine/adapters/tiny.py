@@ -65,12 +65,19 @@ def _mask_classification(family: str):
     raise KeyError(family)
 
 
+def _semantic(family: str):
+    """The semantic families; Mask2Former / MaskFormer as for instance and panoptic segmentation."""
+    if family in ("mask2former", "maskformer"):
+        return _mask_classification(family)
+    return tiny_semantic(family)
+
+
 TINY_BUILDERS = {
     "detection": _detection,
     "instance_segmentation": _mask_classification,
     "panoptic_segmentation": _mask_classification,
     "classification": tiny_classification,
-    "semantic_segmentation": tiny_semantic,
+    "semantic_segmentation": _semantic,
 }
 
 
@@ -97,9 +104,11 @@ def create_tiny(task: str, family: str, out_dir: str | Path, num_labels: int = 1
     from transformers import AutoModelForUniversalSegmentation
 
     auto_classes = {"detection": AutoModelForObjectDetection, "instance_segmentation": AutoModelForUniversalSegmentation, "panoptic_segmentation": AutoModelForUniversalSegmentation}
-    from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+    from transformers import AutoModelForImageClassification
 
-    auto_classes.update(classification=AutoModelForImageClassification, semantic_segmentation=AutoModelForSemanticSegmentation)
+    from cvengine.adapters import _auto_model_class
+
+    auto_classes.update(classification=AutoModelForImageClassification, semantic_segmentation=_auto_model_class("semantic_segmentation"))
     model = auto_classes[task].from_config(config)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)

@@ -1,5 +1,5 @@
 """Mask-classification models of transformers (Mask2Former, MaskFormer): one model, N (mask, class)
-pairs per image, used here for instance and panoptic segmentation.
+pairs per image, used here for instance, panoptic and semantic segmentation.
 
   labels:  mask_labels  list of (N_i, H, W) float 0/1 at the padded model input size, padded with 0
                         (the processors pad with 255 when sizes differ, which makes the loss explode)
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cvengine.data.dataset import Sample
+from cvengine.data.masks import IGNORE
 from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
 
 # COCO keeps at most 100 detections per image; no score threshold before metrics.
@@ -46,18 +47,25 @@ class MaskClassificationAdapter:
         self.accepts_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters
 
     # -- in the loader workers ----------------------------------------------------------------------
+    @staticmethod
+    def _masks_and_labels(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """(N, h, w) 0/1 masks at the resized image size and their (N,) contiguous labels."""
+        if sample.masks is None:
+            return np.zeros((0,) + sample.image.shape[:2], np.uint8), np.zeros((0,), np.int64)
+        return sample.masks, sample.labels
+
     def collate(self, samples: list[Sample]) -> dict:
         pixels, pixel_mask = pad_stack([s.image for s in samples], self.pad_multiple)
         height, width = pixels.shape[-2:]
         mask_labels, class_labels = [], []
         for s in samples:
-            masks = s.masks if s.masks is not None else np.zeros((0,) + s.image.shape[:2], np.uint8)
+            masks, labels = self._masks_and_labels(s)
             padded = np.zeros((len(masks), height, width), dtype=np.float32)
             padded[:, : masks.shape[1], : masks.shape[2]] = masks
             if padded.size and not np.isin(padded, (0.0, 1.0)).all():
                 raise ValueError(f"image id {s.image_id}: masks must hold only 0 and 1")
             mask_labels.append(torch.from_numpy(padded))  # (N_i, H, W) float 0/1
-            class_labels.append(torch.from_numpy(s.labels.astype(np.int64)))  # (N_i,)
+            class_labels.append(torch.from_numpy(labels.astype(np.int64)))  # (N_i,)
         return {
             "pixels_uint8": pixels,  # (B, 3, H, W) uint8
             "pixel_mask": pixel_mask,  # (B, H, W) uint8, 1 on real pixels
@@ -87,8 +95,8 @@ class MaskClassificationAdapter:
 
     @staticmethod
     def _mask_logits_original(masks_logits: torch.Tensor, padded_hw, input_hw, orig_hw) -> torch.Tensor:
-        """(Q, h, w) logits at 1/4 of the padded input -> (Q, H_orig, W_orig): upsample to the padded
-        input, crop the padding away, resize to the original image."""
+        """(Q, h, w) logits (or any per-pixel maps) at 1/4 of the padded input -> (Q, H_orig, W_orig):
+        upsample to the padded input, crop the padding away, resize to the original image."""
         logits = F.interpolate(masks_logits[None].float(), size=tuple(padded_hw), mode="bilinear", align_corners=False)
         logits = logits[:, :, : input_hw[0], : input_hw[1]]
         return F.interpolate(logits, size=tuple(orig_hw), mode="bilinear", align_corners=False)[0]
@@ -193,4 +201,48 @@ class PanopticSegmentationAdapter(MaskClassificationAdapter):
                     if label in self.stuff_labels:
                         stuff_segment[label] = segment_id
             predictions.append({"image_id": image_id, "segment_map": segment_map, "segments": segments})
+        return predictions
+
+
+class SemanticUniversalAdapter(MaskClassificationAdapter):
+    """Semantic segmentation with a mask-classification model (Mask2Former's semantic mode): each
+    label map becomes one binary mask per class present in the image. IGNORE pixels belong to no
+    mask; transformers' loss has no ignore index, so they count as background of every mask (as in
+    Mask2Former's reference semantic data mapper)."""
+
+    task = "semantic_segmentation"
+
+    @staticmethod
+    def _masks_and_labels(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        label_map = sample.semantic_map  # (h, w) int64, IGNORE = 255
+        labels = np.unique(label_map)
+        labels = labels[labels != IGNORE].astype(np.int64)  # (N,)
+        masks = (label_map[None] == labels[:, None, None]).astype(np.uint8)  # (N, h, w)
+        return masks, labels
+
+    def collate(self, samples: list[Sample]) -> dict:
+        batch = super().collate(samples)
+        height, width = batch["pixels_uint8"].shape[-2:]
+        # The label maps as the other semantic adapters give them, padding IGNORE (not a model input).
+        labels = torch.full((len(samples), height, width), IGNORE, dtype=torch.int64)
+        for row, s in enumerate(samples):
+            labels[row, : s.semantic_map.shape[0], : s.semantic_map.shape[1]] = torch.from_numpy(s.semantic_map.astype(np.int64))
+        batch["labels"] = labels  # (B, H, W) int64
+        return batch
+
+    def postprocess(self, outputs, batch: dict) -> list[dict]:
+        """-> per image {image_id, semantic_map (H, W) uint8 (int32 past 255 classes) at the original
+        image size}: class scores per pixel = sum over queries of P(class | query) x P(pixel in the
+        query's mask), "no object" left out; arg-max over classes."""
+        class_probs = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
+        masks_logits = outputs.masks_queries_logits  # (B, Q, h, w)
+        padded_hw = batch["pixels_uint8"].shape[-2:]
+        dtype = torch.uint8 if class_probs.shape[-1] <= 255 else torch.int32
+        predictions = []
+        for b, image_id in enumerate(batch["image_ids"].tolist()):
+            orig_hw = batch["orig_sizes"][b].tolist()
+            # At the mask resolution, then resized like mask logits (as transformers' semantic post-processing).
+            scores = torch.einsum("qc,qhw->chw", class_probs[b], masks_logits[b].float().sigmoid())  # (C, h, w)
+            scores = self._mask_logits_original(scores, padded_hw, batch["input_sizes"][b].tolist(), orig_hw)  # (C, H, W)
+            predictions.append({"image_id": image_id, "semantic_map": scores.argmax(0).to(dtype).cpu().numpy()})
         return predictions
