@@ -258,3 +258,37 @@ def test_data_check_reports_every_bad_mask_and_image_folder(tmp_path, demo_seman
     bad.write_text("junk")
     result = run_module("cvengine.data", "check", tmp_path / "folders" / "train" / "images")
     assert result.returncode == 1 and f"cannot read image {bad}" in result.stdout
+
+
+def _train_miou_before_training(model_dir: str, root) -> float:
+    """mIoU of the random-init checkpoint on the train split, through the same adapter and evaluator."""
+    index = CocoSemanticIndex.load(str(root / "train" / "annotations.json"), str(root / "train" / "images"))
+    model, processor, model_type = load_model(model_dir, True, "semantic_segmentation", index.class_names)
+    adapter = adapter_class("semantic_segmentation", model_type)(model, processor)
+    dataset = SemanticDataset(index, resize=adapter.resize)
+    batch = adapter.collate([dataset[i] for i in range(len(dataset))])
+    model.eval()
+    with torch.no_grad():
+        predictions = adapter.postprocess(model(**adapter.model_inputs(batch, with_labels=False)), batch)
+    evaluator = SemanticEvaluator(index)
+    evaluator.update(predictions)
+    return evaluator.compute()["val/miou"]
+
+
+def test_mask2former_semantic_overfit(tmp_path, tiny_model):
+    """4 demo canvases (96 px), tiny Mask2Former, 60 steps through the Engine: train mIoU measured
+    0.60 (random init 0.007); assert >= 0.35 and 10x the random-init score."""
+    from cvengine.data.demo import make_demo
+    from cvengine.engine.loop import Engine
+    from cvengine.recipe import load_recipe
+
+    make_demo(tmp_path / "data", task="semantic_segmentation", seed=0, num_train=4, num_val=1, canvas=(96, 96))
+    model_dir = tiny_model("semantic_segmentation", "mask2former", 11)
+    before = _train_miou_before_training(model_dir, tmp_path / "data")
+    recipe = _recipe(tmp_path / "data", model_dir, tmp_path / "runs", max_epochs=60, eval_every_epochs=60)
+    recipe["data"]["val"] = recipe["data"]["train"]
+    engine = Engine(load_recipe(recipe, overrides=["tracking.run_name=overfit"]), tracker=None, progress=False)
+    engine.fit()
+    metrics = json.loads((tmp_path / "runs" / "tests" / "overfit" / "metrics.json").read_text())["last"]
+    assert metrics["val/num_images"] == 4
+    assert metrics["val/miou"] >= 0.35 and metrics["val/miou"] > 10 * before
