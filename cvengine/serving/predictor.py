@@ -144,6 +144,9 @@ class Predictor:
             model = _auto_model_class(self.metadata["task"]).from_pretrained(str(self.model_dir))
             self.model = model.to(self.device).eval()
             self.adapter = adapter_cls(self.model, processor)
+        # Tasks whose post-processing needs more of the saved metadata (panoptic: stuff classes).
+        if hasattr(self.task, "prepare_predictor"):
+            self.task.prepare_predictor(self.adapter, self.metadata)
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None, batch_size: int = 8) -> "Predictor":

@@ -75,6 +75,11 @@ class ClassificationTask:
 
         return classification.serving_output(prediction, class_names, label_to_category_id)
 
+    def write_report(self, index, predictions_path: str, out_dir: str, title: str = "") -> str:
+        from cvengine.reports.classification import write_classification_report
+
+        return write_classification_report(index, predictions_path, out_dir, title=title)
+
 
 class ClassificationEvaluator:
     """Per-image class probabilities of the whole split against the index's labels."""

@@ -41,6 +41,32 @@ class InstanceSegmentationTask:
     def evaluator(self, index: CocoIndex) -> "InstanceSegmentationEvaluator":
         return InstanceSegmentationEvaluator(index)
 
+    # -- inference hooks (predict, serving, report); no ONNX export for mask-classification models ----
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id, class_names=(), out_dir=None) -> list[dict]:
+        from cvengine.serving import instance
+
+        return instance.records(prediction, image_id, file_name, label_to_category_id)
+
+    def filter_prediction(self, prediction: dict, threshold: float) -> dict:
+        from cvengine.serving import instance
+
+        return instance.keep_above(prediction, threshold)
+
+    def render(self, image, prediction: dict, class_names: list[str]):
+        from cvengine.serving import instance
+
+        return instance.render(image, prediction, class_names)
+
+    def serving_output(self, prediction: dict, class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import instance
+
+        return instance.serving_output(prediction, class_names, label_to_category_id)
+
+    def write_report(self, index: CocoIndex, predictions_path: str, out_dir: str, title: str = "") -> str:
+        from cvengine.reports.instance import write_instance_report
+
+        return write_instance_report(index, predictions_path, out_dir, title=title)
+
 
 class InstanceSegmentationEvaluator:
     """Scores the predictions of a whole split against the ORIGINAL annotations file: segm metrics

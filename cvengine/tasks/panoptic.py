@@ -54,6 +54,44 @@ class PanopticSegmentationTask:
     def evaluator(self, index: PanopticIndex) -> "PanopticEvaluator":
         return PanopticEvaluator(index)
 
+    # -- inference hooks (predict, serving, report); no ONNX export for mask-classification models ----
+    def prepare_predictor(self, adapter, metadata: dict) -> None:
+        """The saved categories say which classes are stuff (one segment per class per image)."""
+        self.categories = list(metadata.get("categories") or [])
+        if hasattr(adapter, "set_stuff_labels"):
+            adapter.set_stuff_labels(label for label, c in enumerate(self.categories) if not c.get("isthing", 1))
+
+    def prediction_records(self, prediction: dict, image_id: int, file_name: str, label_to_category_id, class_names=(), out_dir=None) -> list[dict]:
+        from cvengine.serving import panoptic
+
+        return panoptic.records(prediction, image_id, file_name, label_to_category_id, out_dir)
+
+    def predictions_document(self, records: list[dict], class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import panoptic
+
+        categories = getattr(self, "categories", None) or [{"id": int(c), "name": n} for n, c in zip(class_names, label_to_category_id)]
+        return panoptic.document(records, categories)
+
+    def filter_prediction(self, prediction: dict, threshold: float) -> dict:
+        from cvengine.serving import panoptic
+
+        return panoptic.keep_above(prediction, threshold)
+
+    def render(self, image, prediction: dict, class_names: list[str]):
+        from cvengine.serving import panoptic
+
+        return panoptic.render(image, prediction, class_names)
+
+    def serving_output(self, prediction: dict, class_names: list[str], label_to_category_id) -> dict:
+        from cvengine.serving import panoptic
+
+        return panoptic.serving_output(prediction, class_names, label_to_category_id)
+
+    def write_report(self, index: PanopticIndex, predictions_path: str, out_dir: str, title: str = "") -> str:
+        from cvengine.reports.panoptic import write_panoptic_report
+
+        return write_panoptic_report(index, predictions_path, out_dir, title=title)
+
 
 def _png_bytes(segment_map: np.ndarray) -> bytes:
     from PIL import Image

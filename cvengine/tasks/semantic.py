@@ -76,6 +76,11 @@ class SemanticSegmentationTask:
 
         return semantic.serving_output(prediction, class_names, label_to_category_id)
 
+    def write_report(self, index, predictions_path: str, out_dir: str, title: str = "") -> str:
+        from cvengine.reports.semantic import write_semantic_report
+
+        return write_semantic_report(index, predictions_path, out_dir, title=title)
+
 
 class SemanticEvaluator:
     """Scores predicted label maps against the index's ground truth at the original resolution.
