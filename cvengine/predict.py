@@ -3,7 +3,8 @@
 Runs a trained model (a run folder, its model/ folder, an ONNX export folder or an MLflow model URI)
 on image files, folders, globs and videos; writes `predictions.json` in the task's standard format
 (detection: COCO results with ORIGINAL category ids, plus `file_name`; classification: top-5 per
-image; semantic segmentation: PNG label maps indexed by the json) and the rendered images.
+image; semantic segmentation: PNG label maps indexed by the json; instance segmentation: COCO results
+with RLE masks; panoptic segmentation: COCO panoptic PNGs + json) and the rendered images.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ file and runs it when the model is loaded; `set_model` at the bottom names the m
 Input: a column `image` of base64-encoded image files (JPEG, PNG, …). From Python, raw bytes and
 (H, W, 3) uint8 RGB arrays are accepted in the same column. Output: per image the task's answer
 (detection: `boxes_xyxy` in pixels of the sent image, `scores`, `labels` (class names),
-`category_ids`). Parameter `threshold` (default 0) drops predictions scoring below it.
+`category_ids`; instance segmentation adds `masks_rle`; panoptic: `segments_info` and `panoptic_png`).
+Parameter `threshold` (default 0) drops predictions scoring below it.
 
 Malformed input raises MlflowException(BAD_REQUEST), which MLflow's scoring server answers with 400.
 """
