@@ -9,6 +9,7 @@ import os
 
 from cvengine.adapters.classification import ImageClassificationAdapter
 from cvengine.adapters.detection import DetrFamilyAdapter
+from cvengine.adapters.oneformer import OneFormerInstanceAdapter, OneFormerPanopticAdapter, OneFormerSemanticAdapter
 from cvengine.adapters.semantic import SemanticSegmentationAdapter
 from cvengine.adapters.universal_segmentation import InstanceSegmentationAdapter, PanopticSegmentationAdapter, SemanticUniversalAdapter
 from cvengine.errors import RecipeError
@@ -48,14 +49,17 @@ ADAPTERS: dict[str, dict[str, type]] = {
         # Mask-classification models in semantic mode (AutoModelForUniversalSegmentation).
         "mask2former": SemanticUniversalAdapter,
         "maskformer": SemanticUniversalAdapter,
+        "oneformer": OneFormerSemanticAdapter,
     },
     "instance_segmentation": {
         "mask2former": InstanceSegmentationAdapter,
         "maskformer": InstanceSegmentationAdapter,
+        "oneformer": OneFormerInstanceAdapter,
     },
     "panoptic_segmentation": {
         "mask2former": PanopticSegmentationAdapter,
         "maskformer": PanopticSegmentationAdapter,
+        "oneformer": OneFormerPanopticAdapter,
     },
 }
 
@@ -143,6 +147,9 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
     # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
     if hasattr(config, "use_pretrained_backbone"):
         overrides["use_pretrained_backbone"] = False
+    if config.model_type == "oneformer":
+        # Builds the text branch that its training loss needs (inference checkpoints leave it out).
+        overrides["is_training"] = True
     auto = _auto_model_class(task)
     if pretrained:
         model = auto.from_pretrained(name, ignore_mismatched_sizes=True, **overrides)

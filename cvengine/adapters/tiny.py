@@ -62,12 +62,16 @@ def _mask_classification(family: str):
         detr = T.DetrConfig(backbone_config=_tiny_resnet(["stage4"]), **{**_DETR_COMMON, "decoder_layers": 2})
         cfg = T.MaskFormerConfig(backbone_config=_tiny_resnet(["stage1", "stage2", "stage3", "stage4"]), decoder_config=detr, fpn_feature_size=32, mask_feature_size=32)
         return cfg, T.MaskFormerImageProcessorPil(size=size, size_divisor=32, do_reduce_labels=False, ignore_index=255)
+    if family == "oneformer":
+        from cvengine.adapters.oneformer import tiny_oneformer
+
+        return tiny_oneformer(side=128)
     raise KeyError(family)
 
 
 def _semantic(family: str):
     """The semantic families; Mask2Former / MaskFormer as for instance and panoptic segmentation."""
-    if family in ("mask2former", "maskformer"):
+    if family in ("mask2former", "maskformer", "oneformer"):
         return _mask_classification(family)
     return tiny_semantic(family)
 

@@ -426,6 +426,9 @@ class Engine:
             model = self.accelerator.unwrap_model(self.model)
             model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
+            # Models with a text input (OneFormer) need their tokenizer at inference too.
+            if getattr(self.adapter, "tokenizer", None) is not None:
+                self.adapter.tokenizer.save_pretrained(tmp)
             _write_json(tmp / "cvengine.json", self.model_metadata())
             replace_dir(tmp, path)
         self.accelerator.wait_for_everyone()
