@@ -30,6 +30,15 @@ def to_supervision(boxes_xyxy_abs, labels, scores=None):
     )
 
 
+def rgb_color(hex_color: str):
+    """A supervision Color that comes out as `hex_color` on an RGB array (supervision's annotators
+    write colours in OpenCV's BGR order)."""
+    import supervision as sv
+
+    c = sv.Color.from_hex(hex_color)
+    return sv.Color(r=c.b, g=c.g, b=c.r)
+
+
 def render(image: np.ndarray, prediction: dict, class_names: list[str], color: str | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the prediction's boxes and "name score" labels drawn (supervision)."""
     import supervision as sv
@@ -37,7 +46,7 @@ def render(image: np.ndarray, prediction: dict, class_names: list[str], color: s
     detections = to_supervision(prediction["boxes_xyxy_abs"], prediction["labels"], prediction.get("scores"))
     scale = max(image.shape[:2]) / 640
     thickness = max(1, int(round(2 * scale)))
-    kwargs = {"color": sv.Color.from_hex(color), "color_lookup": sv.ColorLookup.INDEX} if color else {}
+    kwargs = {"color": rgb_color(color), "color_lookup": sv.ColorLookup.INDEX} if color else {}
     boxes = sv.BoxAnnotator(thickness=thickness, **kwargs)
     labels = sv.LabelAnnotator(text_scale=max(0.3, 0.5 * scale), text_thickness=max(1, thickness // 2), text_padding=2, **kwargs)
     names = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in detections.class_id]

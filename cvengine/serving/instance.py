@@ -37,7 +37,7 @@ def render(image: np.ndarray, prediction: dict, class_names: list[str], color: s
     masks = decode_masks(prediction["rles"], *image.shape[:2])
     detections = detection.to_supervision(prediction["boxes_xyxy_abs"], prediction["labels"], prediction.get("scores"))
     detections.mask = masks
-    kwargs = {"color": sv.Color.from_hex(color), "color_lookup": sv.ColorLookup.INDEX} if color else {}
+    kwargs = {"color": detection.rgb_color(color), "color_lookup": sv.ColorLookup.INDEX} if color else {}
     tinted = sv.MaskAnnotator(opacity=0.4, **kwargs).annotate(scene=image.copy(), detections=detections)
     return detection.render(tinted, prediction, class_names, color=color)
 
