@@ -48,7 +48,7 @@ def _load_tokenizer(model):
         tokenizer = None
     if tokenizer is None:
         raise RecipeError(
-            f"model.name '{name}': OneFormer needs its text tokenizer (tokenizer.json, as saved by OneFormerProcessor) "
+            f"model.name '{name}': OneFormer needs its text tokenizer (tokenizer files, as OneFormerProcessor saves them) "
             "in the checkpoint folder; save the tokenizer with the model"
         )
     return tokenizer
@@ -68,7 +68,8 @@ class OneFormerInputs:
         self.text_length = int(config.text_encoder_context_length)
         self.num_text = int(config.num_queries - config.text_encoder_n_ctx)
         self.class_names = [config.id2label[i] for i in range(len(config.id2label))]
-        model.register_forward_pre_hook(_sync_is_training)
+        if isinstance(model, torch.nn.Module):  # not for an exported graph, already in evaluation form
+            model.register_forward_pre_hook(_sync_is_training)
 
     def _tokens(self, texts: list[str], length: int) -> torch.Tensor:
         encoded = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
