@@ -1,10 +1,12 @@
 """Instance and panoptic segmentation through the model lifecycle: `python -m cvengine.predict`
 writes the standard formats (COCO results with RLE masks; COCO panoptic PNGs + json) that our metrics
-read back to evaluate's numbers, `--threshold` filters, and the MLflow pyfunc model answers what the
-Predictor does. The evaluation report of each task opens in headless Chromium (test_report.py)."""
+read back to evaluate's numbers, `--threshold` filters, the MLflow pyfunc model (loaded back from a
+store, and over HTTP behind `cvengine.serve`) answers what the Predictor does, and each task's
+evaluation report opens in headless Chromium with every image loaded."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -45,23 +47,57 @@ def _ids_by_name(annotations: Path) -> dict[str, int]:
     return {Path(i["file_name"]).name: int(i["id"]) for i in json.loads(annotations.read_text())["images"]}
 
 
-def _pyfunc_answer(model_dir: Path, store: Path, image_file: Path, threshold: float) -> dict:
-    """The logged pyfunc model, loaded back from a real MLflow store, on one base64 image."""
+def _pyfunc_and_served_answers(model_dir: Path, store: Path, image_file: Path, threshold: float) -> tuple[dict, dict]:
+    """The logged pyfunc model on one base64 image: loaded back from a real MLflow store, and behind
+    `python -m cvengine.serve` over HTTP on 127.0.0.1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
     import mlflow
     import pandas as pd
 
+    from conftest import REPO
     from cvengine.serving.pyfunc import log_pyfunc_model
 
-    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    uri = f"sqlite:///{store}/mlflow.db"
+    image_b64 = base64.b64encode(image_file.read_bytes()).decode("ascii")
+    mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment("lifecycle")
         with mlflow.start_run():
             info = log_pyfunc_model(model_dir, name="pyfunc")
-        model = mlflow.pyfunc.load_model(info.model_uri)
-        frame = pd.DataFrame({"image": [base64.b64encode(image_file.read_bytes()).decode("ascii")]})
-        return model.predict(frame, params={"threshold": threshold})[0]
+        loaded = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [image_b64]}), params={"threshold": threshold})[0]
     finally:
         mlflow.set_tracking_uri(None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    process = subprocess.Popen([sys.executable, "-m", "cvengine.serve", "--model", info.model_uri, "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "the server did not answer /health within 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": {"image": [image_b64]}, "params": {"threshold": threshold}}, timeout=60)
+        assert response.status_code == 200, response.text[:500]
+        served = response.json()["predictions"][0]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return loaded, served
 
 
 def test_instance_predict_metrics_threshold_and_pyfunc(instance_run, demo_instance, tmp_path):  # noqa: F811
@@ -101,11 +137,11 @@ def test_instance_predict_metrics_threshold_and_pyfunc(instance_run, demo_instan
     first = sorted(images.glob("*.jpg"))[0]
     predictor = Predictor.load(instance_run, device="cpu")
     expected = predictor.task.serving_output(predictor.task.filter_prediction(predictor.predict([read_image(str(first))])[0], 0.5), predictor.class_names, predictor.label_to_category_id)
-    answer = _pyfunc_answer(instance_run / "model", tmp_path, first, 0.5)
-    assert answer["masks_rle"] == expected["masks_rle"] and answer["labels"] == expected["labels"] and answer["category_ids"] == expected["category_ids"]
-    np.testing.assert_allclose(answer["scores"], expected["scores"], atol=1e-6)
-    np.testing.assert_allclose(answer["boxes_xyxy"], expected["boxes_xyxy"], atol=1e-4)
-    assert len(answer["masks_rle"]) == len(answer["scores"]) > 0
+    for answer in _pyfunc_and_served_answers(instance_run / "model", tmp_path, first, 0.5):
+        assert answer["masks_rle"] == expected["masks_rle"] and answer["labels"] == expected["labels"] and answer["category_ids"] == expected["category_ids"]
+        np.testing.assert_allclose(answer["scores"], expected["scores"], atol=1e-6)
+        np.testing.assert_allclose(answer["boxes_xyxy"], expected["boxes_xyxy"], atol=1e-4)
+        assert len(answer["masks_rle"]) == len(answer["scores"]) > 0
 
 
 def test_panoptic_predict_pq_threshold_and_pyfunc(panoptic_run, demo_panoptic, tmp_path):  # noqa: F811
@@ -151,8 +187,8 @@ def test_panoptic_predict_pq_threshold_and_pyfunc(panoptic_run, demo_panoptic, t
     first = sorted(images.glob("*.jpg"))[0]
     predictor = Predictor.load(panoptic_run, device="cpu")
     prediction = predictor.predict([read_image(str(first))])[0]
-    answer = _pyfunc_answer(panoptic_run / "model", tmp_path, first, 0.0)
-    assert answer["segments_info"] == predictor.task.serving_output(prediction, predictor.class_names, predictor.label_to_category_id)["segments_info"]
-    served_map = rgb_to_id(np.asarray(Image.open(__import__("io").BytesIO(base64.b64decode(answer["panoptic_png"]))).convert("RGB")))
-    np.testing.assert_array_equal(served_map, prediction["segment_map"])
-    assert answer["segments_info"]
+    expected = predictor.task.serving_output(prediction, predictor.class_names, predictor.label_to_category_id)["segments_info"]
+    for answer in _pyfunc_and_served_answers(panoptic_run / "model", tmp_path, first, 0.0):
+        assert answer["segments_info"] == expected and expected
+        served_map = rgb_to_id(np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["panoptic_png"]))).convert("RGB")))
+        np.testing.assert_array_equal(served_map, prediction["segment_map"])
