@@ -251,3 +251,17 @@ def test_bad_input_gives_one_line_error_and_keeps_earlier_runs(kind, tmp_path, t
     for text in expected:
         assert text in error_lines[0], error_lines[0]
     assert _tree_digest(earlier_run) == before
+
+
+def test_readme_main_job_runs(tmp_path):
+    """The README's main job, step by step as a user types it (one epoch instead of sixteen)."""
+    from conftest import REPO
+
+    for args in (["cvengine.data", "demo", "./demo", "--task", "detection", "--num-train", "16", "--num-val", "4"], ["cvengine.models", "create", "rt_detr", "./demo/tiny-rt_detr"]):
+        result = run_module(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    result = run_module("cvengine.run", REPO / "recipes" / "demo.toml", "train.max_epochs=1", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs" / "demo").iterdir()
+    assert (run_dir / "model" / "config.json").exists() and (tmp_path / "runs" / "mlflow.db").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["last"]["val/num_images"] == 4
