@@ -156,6 +156,19 @@ def _gallery(index: CocoIndex, targets, predictions, positions: list[int], f1: n
     return "".join(figures)
 
 
+def coco_metric_sections(evaluator, index, heading: str, gt_noun: str) -> list[str]:
+    """HTML sections from a finished COCOeval: the 12 numbers, per-class AP, precision-recall curves."""
+    from cvengine.metrics.coco import COCO_METRIC_KEYS
+
+    if evaluator is None:
+        return ["<p>No predictions: every AP is 0.</p>"]
+    return [
+        f"<h2>{heading}</h2>" + table(["metric", "value"], [[k, float(v)] for k, v in zip(COCO_METRIC_KEYS, evaluator.stats)]),
+        "<h2>Per-class AP</h2>" + table(["class", "category id", gt_noun, "AP", "AP50", "AP75"], _per_class_ap(evaluator, index)),
+        f'<h2>Precision–recall</h2><img src="{png_of_figure(_pr_figure(evaluator, index))}" alt="precision-recall curves">',
+    ]
+
+
 def write_detection_report(index: CocoIndex, predictions_path: str | os.PathLike, out_dir: str | os.PathLike, title: str = "") -> str:
     """Write `out_dir/report.html` for the COCO results in `predictions_path` against `index`'s
     annotations file; returns the file's path."""
@@ -164,14 +177,7 @@ def write_detection_report(index: CocoIndex, predictions_path: str | os.PathLike
     evaluator = _coco_eval(index, results)
     sections = [f'<p class="note">Ground truth: {index.annotations_path} ({len(index)} images); predictions: {predictions_path} ({len(results)} boxes).</p>']
 
-    from cvengine.metrics.coco import COCO_METRIC_KEYS
-
-    if evaluator is not None:
-        sections.append("<h2>COCO metrics</h2>" + table(["metric", "value"], [[k, float(v)] for k, v in zip(COCO_METRIC_KEYS, evaluator.stats)]))
-        sections.append("<h2>Per-class AP</h2>" + table(["class", "category id", "GT boxes", "AP", "AP50", "AP75"], _per_class_ap(evaluator, index)))
-        sections.append(f'<h2>Precision–recall</h2><img src="{png_of_figure(_pr_figure(evaluator, index))}" alt="precision-recall curves">')
-    else:
-        sections.append("<p>No predictions: every AP is 0.</p>")
+    sections += coco_metric_sections(evaluator, index, heading="COCO metrics", gt_noun="GT boxes")
 
     targets, predictions = _targets_and_predictions(index, results)
     figure, _ = _confusion_figure(targets, predictions, index.class_names)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from cvengine.data.coco import CocoIndex, read_json
-from cvengine.reports import jpeg_of_image, page, png_of_figure, table
+from cvengine.reports import jpeg_of_image, page, png_of_figure
 from cvengine.reports.detection import (
     CONFIDENCE_THRESHOLD, GALLERY_SIZE, GT_COLOR, IOU_THRESHOLD, PREDICTION_COLOR,
-    _confusion_figure, _per_class_ap, _pr_figure, _targets_and_predictions,
+    _confusion_figure, _targets_and_predictions, coco_metric_sections,
 )
 
 
@@ -62,19 +62,13 @@ def write_instance_report(index: CocoIndex, predictions_path: str | os.PathLike,
     from pycocotools import mask as mask_utils
 
     from cvengine.data.images import read_image
-    from cvengine.metrics.coco import COCO_METRIC_KEYS
     from cvengine.serving.instance import render
 
     results = json.loads(Path(predictions_path).read_text())
     title = title or f"Instance segmentation report — {Path(index.annotations_path).name}"
     sections = [f'<p class="note">Ground truth: {index.annotations_path} ({len(index)} images); predictions: {predictions_path} ({len(results)} masks). AP is mask (segm) AP.</p>']
     evaluator = _segm_eval(index, results)
-    if evaluator is not None:
-        sections.append("<h2>COCO segm metrics</h2>" + table(["metric", "value"], [[k, float(v)] for k, v in zip(COCO_METRIC_KEYS, evaluator.stats)]))
-        sections.append("<h2>Per-class AP</h2>" + table(["class", "category id", "GT instances", "AP", "AP50", "AP75"], _per_class_ap(evaluator, index)))
-        sections.append(f'<h2>Precision–recall</h2><img src="{png_of_figure(_pr_figure(evaluator, index))}" alt="precision-recall curves">')
-    else:
-        sections.append("<p>No predictions: every AP is 0.</p>")
+    sections += coco_metric_sections(evaluator, index, heading="COCO segm metrics", gt_noun="GT instances")
     targets, predictions = _targets_and_predictions(index, results)
     figure, _ = _confusion_figure(targets, predictions, index.class_names)
     sections.append(f'<h2>Confusion matrix (boxes of the masks)</h2><img src="{png_of_figure(figure)}" alt="confusion matrix">')
