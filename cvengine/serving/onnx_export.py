@@ -129,7 +129,6 @@ def export_onnx(model: str, output: str | Path, tolerance: float = DEFAULT_TOLER
             checks["max_abs_diff"] = max(checks["max_abs_diff"], diff)
         else:
             log.info(f"the exported graph has a fixed {'batch size' if key == 'dynamic_batch' else 'image size'}")
-    max_diff = checks["max_abs_diff"]
 
     # config.json, processor and cvengine.json: the folder loads like a model folder, minus the weights.
     predictor.config.save_pretrained(tmp)
