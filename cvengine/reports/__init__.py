@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -59,3 +61,14 @@ figcaption {{ font-size: 0.8em; max-width: 360px; word-break: break-all; }}
 
 def page(title: str, body: str) -> str:
     return PAGE.format(title=html.escape(title), body=body)
+
+
+def write_page(out_dir: str | os.PathLike, title: str, sections: list[str]) -> str:
+    """`out_dir/report.html`, written atomically; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page(title, "\n".join(sections)))
+    os.replace(tmp, path)
+    return str(path)

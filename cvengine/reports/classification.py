@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvengine.reports import jpeg_of_image, png_of_figure, table
-from cvengine.reports.instance import write_page
+from cvengine.reports import jpeg_of_image, png_of_figure, table, write_page
 
 TOP_CONFUSIONS = 10
 GALLERY_SIZE = 12

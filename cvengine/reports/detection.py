@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cvengine.data.coco import CocoIndex, read_json
-from cvengine.reports import jpeg_of_image, page, png_of_figure, table
+from cvengine.reports import jpeg_of_image, png_of_figure, table, write_page
 
 # Predictions below this score are left out of the confusion matrix and the gallery (the AP numbers
 # use every prediction, as COCO evaluation does).
@@ -192,10 +192,4 @@ def write_detection_report(index: CocoIndex, predictions_path: str | os.PathLike
     sections.append("<h2>Worst images</h2>" + legend + _gallery(index, targets, predictions, worst, f1))
     sections.append("<h2>Best images</h2>" + _gallery(index, targets, predictions, best, f1))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page(title, "\n".join(sections)))
-    os.replace(tmp, path)
-    return str(path)
+    return write_page(out_dir, title, sections)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cvengine.data.coco import CocoIndex, read_json
-from cvengine.reports import jpeg_of_image, page, png_of_figure
+from cvengine.reports import jpeg_of_image, png_of_figure, write_page
 from cvengine.reports.detection import (
     CONFIDENCE_THRESHOLD, GALLERY_SIZE, GT_COLOR, IOU_THRESHOLD, PREDICTION_COLOR,
     _confusion_figure, _targets_and_predictions, coco_metric_sections,
@@ -105,14 +105,3 @@ def write_instance_report(index: CocoIndex, predictions_path: str | os.PathLike,
     sections.append("<h2>Worst images</h2>" + legend + gallery(worst))
     sections.append("<h2>Best images</h2>" + gallery(best))
     return write_page(out_dir, title, sections)
-
-
-def write_page(out_dir: str | os.PathLike, title: str, sections: list[str]) -> str:
-    """`out_dir/report.html`, written atomically; returns its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page(title, "\n".join(sections)))
-    os.replace(tmp, path)
-    return str(path)

@@ -11,8 +11,7 @@ import numpy as np
 
 from cvengine.data.panoptic import PanopticIndex
 from cvengine.metrics.panoptic import PQStat, read_panoptic_png
-from cvengine.reports import jpeg_of_image, table
-from cvengine.reports.instance import write_page
+from cvengine.reports import jpeg_of_image, table, write_page
 
 GALLERY_SIZE = 6
 

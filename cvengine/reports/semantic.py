@@ -10,8 +10,7 @@ import numpy as np
 
 from cvengine.data.masks import IGNORE
 from cvengine.metrics.segmentation import confusion_matrix, metric_name, segmentation_scores
-from cvengine.reports import jpeg_of_image, png_of_figure, table
-from cvengine.reports.instance import write_page
+from cvengine.reports import jpeg_of_image, png_of_figure, table, write_page
 
 GALLERY_SIZE = 6
 
