@@ -240,17 +240,21 @@ class Engine:
             self._loaders[key] = (dataset, self.accelerator.prepare(loader))
         return self._loaders[key]
 
-    def _setup_training(self) -> None:
+    def _setup_training(self, train_batches=None) -> None:
         from transformers import get_cosine_schedule_with_warmup
 
         if self.optimizer is not None:
             return
         if "train" not in self.indexes:
             raise RecipeError("[data.train] is required to train")
-        _, loader = self._loader("train", train=True)
+        if train_batches is None:
+            _, loader = self._loader("train", train=True)
+            batches_per_epoch = len(loader)
+        else:
+            batches_per_epoch = len(train_batches)
         if "val" in self.indexes:
             self._loader("val", train=False)  # prepared now so that checkpoints restore every loader
-        self.steps_per_epoch = math.ceil(len(loader) / self.recipe.train.accumulate)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / self.recipe.train.accumulate)
         total = self.steps_per_epoch * self.recipe.train.max_epochs
         self.optimizer = self.accelerator.prepare(build_optimizer(self.model, self.recipe.train))
         warmup = int(round(self.recipe.train.warmup_ratio * total))
@@ -258,8 +262,15 @@ class Engine:
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, total)
         self.accelerator.register_for_checkpointing(self.scheduler)
 
-    def fit(self) -> TrainState:
-        self._setup_training()
+    def fit(self, train_batches=None) -> TrainState:
+        """Train for train.max_epochs (or until a hook sets state.should_stop).
+
+        train_batches: optional sequence of batches already collated by the adapter (on any device),
+        used as every epoch's training data in place of the recipe's train split: to measure the loop
+        apart from data loading, or to feed data from another source. The train split still gives
+        the class names."""
+        self._setup_training(train_batches)
+        self._train_batches = train_batches
         state = self.state
         if self.accelerator.is_main_process and self.resume_from is None:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
@@ -294,10 +305,15 @@ class Engine:
         return state
 
     def _train_one_epoch(self, epoch: int) -> float:
+        from accelerate.utils import send_to_device
+
         acc, state, train = self.accelerator, self.state, self.recipe.train
-        dataset, loader = self._loader("train", train=True)
-        dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
+        if self._train_batches is None:
+            dataset, loader = self._loader("train", train=True)
+            dataset.set_epoch(epoch)
+            loader.set_epoch(epoch)
+        else:
+            loader = self._train_batches
         self.model.train()
         self._stopped_mid_epoch = False
         self._call("on_epoch_start")
@@ -307,6 +323,8 @@ class Engine:
         batches = window_batches = 0
         timer = Timer()
         for batch in loader:
+            if self._train_batches is not None:
+                batch = send_to_device(batch, acc.device, non_blocking=True)
             with acc.accumulate(self.model):
                 outputs = self.model(**self.adapter.model_inputs(batch))
                 loss, parts = self.adapter.loss(outputs)
