@@ -167,7 +167,7 @@ def detections_to_array(image_ids, boxes_xyxy_abs, scores, category_ids) -> np.n
       per image  image_ids (I,), and boxes_xyxy_abs / scores / category_ids each a sequence of I
                  arrays of shapes (n_i, 4) / (n_i,) / (n_i,), or arrays (I, D, 4) / (I, D) / (I, D)
     Boxes are absolute pixels in the original image, xyxy; category ids are COCO ids (map
-    contiguous labels back with `CocoIndex.label_to_category_id` first).
+    contiguous labels back with `LabelMap.category_ids_of` first).
     """
     boxes = boxes_xyxy_abs
     if isinstance(boxes, np.ndarray) and boxes.ndim == 2:
@@ -282,21 +282,13 @@ def _empty_results(gt: COCO) -> COCO:
     return res
 
 
-def evaluate_coco(
+def coco_evaluator(
     gt: COCO | dict | str | os.PathLike,
     results: Sequence[dict] | np.ndarray | str | os.PathLike,
     iou_type: str = "bbox",
-) -> dict[str, float]:
-    """COCO AP/AR of `results` against `gt`, as pycocotools' `COCOeval(...).stats`, keyed by
-    COCO_METRIC_KEYS.
-
-    gt       a pycocotools COCO (re-use one across evaluations: building it is not free), a COCO
-             instances dict, or a JSON path
-    results  a list of COCO result dicts (`image_id`, `category_id`, `score`, and `bbox` [x, y, w, h]
-             or an RLE `segmentation`), a JSON path to such a list, or for bbox an (N, 7) float array
-             from `detections_to_array`
-    No results gives what COCOeval gives: 0 where ground truth exists, -1 where none does.
-    """
+) -> COCOeval:
+    """pycocotools' COCOeval of `results` against `gt`, evaluated, accumulated and summarised (its
+    `stats`, `eval['precision']` …). Arguments as `evaluate_coco`."""
     if iou_type not in IOU_TYPES:
         raise DataError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
     gt, gt_source = _as_gt(gt)
@@ -316,6 +308,11 @@ def evaluate_coco(
     else:
         source = "results"
         anns = _check_results(list(results), gt, iou_type, source)
+    if iou_type == "segm":
+        # A result's `bbox` would make pycocotools take the box area instead of the mask area for the
+        # small/medium/large buckets; mask AP buckets by mask area (as detectron2 scores segm results).
+        for a in anns:
+            a.pop("bbox", None)
 
     with _quiet(), gc_paused():
         try:
@@ -327,4 +324,24 @@ def evaluate_coco(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def evaluate_coco(
+    gt: COCO | dict | str | os.PathLike,
+    results: Sequence[dict] | np.ndarray | str | os.PathLike,
+    iou_type: str = "bbox",
+) -> dict[str, float]:
+    """COCO AP/AR of `results` against `gt`, as pycocotools' `COCOeval(...).stats`, keyed by
+    COCO_METRIC_KEYS.
+
+    gt       a pycocotools COCO (re-use one across evaluations: building it is not free), a COCO
+             instances dict, or a JSON path
+    results  a list of COCO result dicts (`image_id`, `category_id`, `score`, and `bbox` [x, y, w, h]
+             or an RLE `segmentation`), a JSON path to such a list, or for bbox an (N, 7) float array
+             from `detections_to_array`. segm results are scored on their masks alone (a `bbox` they
+             carry is left out, so that the size buckets use the mask area).
+    No results gives what COCOeval gives: 0 where ground truth exists, -1 where none does.
+    """
+    evaluator = coco_evaluator(gt, results, iou_type)
     return {key: float(v) for key, v in zip(COCO_METRIC_KEYS, evaluator.stats)}
