@@ -125,7 +125,7 @@ def to_device(obj, device):
 
 def make_batches(index, adapter, batch_size: int, count: int, pinned: bool) -> list[dict]:
     """`count` batches through cvengine's own dataset and collate (no augmentation)."""
-    from cvengine.data.dataset import CocoDetectionDataset
+    from cvengine.tasks.detection.dataset import CocoDetectionDataset
 
     dataset = CocoDetectionDataset(index, augment=None, resize=adapter.resize)
     batches = []

@@ -5,7 +5,7 @@ and the same pre-processed batches (the adapter's resize/normalise, done once, o
     python benchmarks/bench_onnx.py --family detr --batch-size 2 --threads 2
 
 The model is a small random-init checkpoint of the family (no hub), exported with
-`cvengine.serving.onnx_export.export_onnx` (parity-checked). Repetitions alternate A/B in one process;
+`cvengine.serving.onnx.export_onnx` (parity-checked). Repetitions alternate A/B in one process;
 each is `--steps` forward passes. Reported: median images/s of each and the median per-repetition ratio.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     from cvengine.adapters.tiny import create_tiny
-    from cvengine.serving.onnx_export import export_onnx
+    from cvengine.serving.onnx import export_onnx
     from cvengine.serving.predictor import Predictor
 
     torch.set_num_threads(args.threads)

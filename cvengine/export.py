@@ -36,7 +36,7 @@ def _best_metric(run_dir: Path | None) -> tuple[str | None, float | None, str]:
     data = json.loads((run_dir / "metrics.json").read_text())
     monitor = data.get("monitor")
     value = (data.get("best") or {}).get(monitor)
-    return monitor, value, "min" if monitor and "loss" in monitor else "max"
+    return monitor, value, "min" if monitor and monitor.endswith("/loss") else "max"
 
 
 def export_mlflow(model: str, tracking_uri: str | None, experiment: str, registered_model: str | None, alias: str, registry_uri: str | None):
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.format == "onnx":
-        from cvengine.serving.onnx_export import DEFAULT_TOLERANCE, export_onnx
+        from cvengine.serving.onnx import DEFAULT_TOLERANCE, export_onnx
         from cvengine.serving.predictor import resolve_model_dir
 
         output = args.output or str(resolve_model_dir(args.model)).rstrip("/") + "-onnx"

@@ -28,8 +28,8 @@ def main(argv: list[str]) -> int:
         return 0
     for task, families in ADAPTERS.items():
         print(f"{task}:")
-        for family, adapter in sorted(families.items()):
-            print(f"  {family:<20} {adapter.__name__}")
+        for model_type, family in sorted(families.items()):
+            print(f"  {model_type:<20} {family.adapter.__name__}")
     return 0
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -126,19 +124,17 @@ def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, 
     rendered_dir = out_dir / "rendered"
     rendered_dir.mkdir(parents=True, exist_ok=True)
     records, used = [], set()
+    # Tasks whose predictions are images (semantic and panoptic PNGs) write them here, beside the json.
+    png_folder = out_dir / "predictions"
     stream = predictor.predict_stream(read_inputs(files, fps))
     for image_id, (name, image, prediction) in enumerate(tqdm(stream, total=count_items(files, fps), unit="img", desc="predict", disable=None), start=1):
         prediction = task.filter_prediction(prediction, threshold)
-        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_to_category_id, class_names=predictor.class_names, out_dir=out_dir))
+        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_map, png_folder))
         if render:
             drawn = task.render(image, task.filter_prediction(prediction, max(threshold, draw_threshold)), predictor.class_names)
             Image.fromarray(drawn).save(rendered_dir / _rendered_name(name, used), quality=90)
     path = out_dir / "predictions.json"
-    tmp = path.with_name(path.name + ".tmp")
-    # Tasks whose standard format is more than a list of records (semantic: an index of PNG files).
-    document = task.predictions_document(records, predictor.class_names, predictor.label_to_category_id) if hasattr(task, "predictions_document") else records
-    tmp.write_text(json.dumps(document))
-    os.replace(tmp, path)
+    task.write_predictions(path, records, predictor.label_map)
     return path
 
 

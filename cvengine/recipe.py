@@ -17,13 +17,6 @@ import tomli_w
 
 from cvengine.errors import RecipeError
 
-TASKS = (
-    "detection",
-    "classification",
-    "semantic_segmentation",
-    "instance_segmentation",
-    "panoptic_segmentation",
-)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -33,6 +26,13 @@ def _one_of(choices):
             raise RecipeError(f"'{attribute.name}' must be one of {', '.join(choices)}; got {value!r}")
 
     return check
+
+
+def _known_task(instance, attribute, value):
+    from cvengine.tasks import TASKS
+
+    if value not in TASKS:
+        raise RecipeError(f"'{attribute.name}' must be one of {', '.join(TASKS)}; got {value!r}")
 
 
 def _positive(instance, attribute, value):
@@ -99,7 +99,8 @@ class TrainSection:
     max_epochs: int = attrs.field(default=10, validator=_positive)
     lr: float = attrs.field(default=1e-4, validator=_positive)
     weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
-    backbone_lr_mult: float = attrs.field(default=0.1, validator=_non_negative)
+    # Backbone parameters (as the model family's adapter names them) learn at lr × this; empty: at lr.
+    backbone_lr_mult: Optional[float] = attrs.field(default=None, validator=_non_negative)
     warmup_ratio: float = attrs.field(default=0.0, validator=_non_negative)
     precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
     # Max global gradient norm; 0 disables clipping.
@@ -194,7 +195,7 @@ class TuneSection:
 
 @attrs.define
 class Recipe:
-    task: str = attrs.field(validator=_one_of(TASKS))
+    task: str = attrs.field(validator=_known_task)
     model: ModelSection
     data: DataSection = attrs.Factory(DataSection)
     augment: AugmentSection = attrs.Factory(AugmentSection)

@@ -53,6 +53,43 @@ def demo_detection(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def demo_classification(tmp_path_factory):
+    from cvengine.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_classification")
+    make_demo(root, task="classification", seed=0, num_train=16, num_val=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_semantic(tmp_path_factory):
+    """8 train and 4 val canvases of 96x96 px: COCO RLE json and PNG masks of the same labels."""
+    from cvengine.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_semantic")
+    make_demo(root, task="semantic_segmentation", seed=0, num_train=8, num_val=4, canvas=(96, 96))
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_instance(tmp_path_factory) -> Path:
+    from cvengine.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_instance")
+    make_demo(root, task="instance_segmentation", seed=0, num_train=8, num_val=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_panoptic(tmp_path_factory) -> Path:
+    from cvengine.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_panoptic")
+    make_demo(root, task="panoptic_segmentation", seed=0, num_train=8, num_val=4)
+    return root
+
+
 def detection_recipe(data_root: Path, model: str, output_dir: Path, **train) -> dict:
     """A recipe dict for the demo data, small and fast; `train` overrides [train] keys."""
     return {

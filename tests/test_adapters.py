@@ -10,13 +10,13 @@ import torch
 
 from cvengine.adapters import ADAPTERS, adapter_class, load_model
 from cvengine.data.coco import CocoIndex
-from cvengine.data.dataset import CocoDetectionDataset
+from cvengine.tasks.detection.dataset import CocoDetectionDataset
 
 
 @pytest.mark.parametrize("family", sorted(ADAPTERS["detection"]))
 def test_detection_family_trains_and_postprocesses(family, tiny_model, demo_detection):
     index = CocoIndex.load(demo_detection / "val" / "annotations.json", demo_detection / "val" / "images")
-    model, processor, model_type = load_model(tiny_model("detection", family), True, "detection", index.class_names)
+    model, processor, model_type, _ = load_model(tiny_model("detection", family), True, "detection", index.class_names)
     assert model_type == family
     assert model.config.id2label == dict(enumerate(index.class_names))
     adapter = adapter_class("detection", model_type)(model, processor)
@@ -48,7 +48,7 @@ def test_detection_family_trains_and_postprocesses(family, tiny_model, demo_dete
         assert ((p["labels"] >= 0) & (p["labels"] < len(index.class_names))).all()
 
     evaluator_index = CocoIndex.load(index.annotations_path, index.images_dir)
-    from cvengine.tasks.detection import DetectionEvaluator
+    from cvengine.tasks.detection.evaluate import DetectionEvaluator
 
     evaluator = DetectionEvaluator(evaluator_index)
     evaluator.update(predictions)
@@ -75,9 +75,9 @@ def test_fast_path_matches_the_image_processor(family, image_size, tiny_model, d
     images, model sizes 128 and 224/240)."""
     from PIL import Image
 
-    from cvengine.adapters.detection import DetrFamilyAdapter
+    from cvengine.adapters.detr import DetrFamilyAdapter
 
-    model, processor, _ = load_model(tiny_model("detection", family), True, "detection", [str(i) for i in range(10)])
+    model, processor, _, _ = load_model(tiny_model("detection", family), True, "detection", [str(i) for i in range(10)])
     adapter = DetrFamilyAdapter(model, processor, image_size)
     index = CocoIndex.load(demo_detection / "train" / "annotations.json", demo_detection / "train" / "images")
     dataset = CocoDetectionDataset(index, resize=adapter.resize)

@@ -13,19 +13,10 @@ from PIL import Image
 
 from conftest import run_module
 from cvengine.adapters import ADAPTERS, adapter_class, load_model
-from cvengine.data.classification import ClassificationDataset, ClassificationIndex
-from cvengine.tasks.classification import ClassificationEvaluator
+from cvengine.tasks.classification.dataset import ClassificationDataset, ClassificationIndex
+from cvengine.tasks.classification.evaluate import ClassificationEvaluator
 
 DIGITS = [str(d) for d in range(10)]
-
-
-@pytest.fixture(scope="session")
-def demo_classification(tmp_path_factory):
-    from cvengine.data.demo import make_demo
-
-    root = tmp_path_factory.mktemp("demo_classification")
-    make_demo(root, task="classification", seed=0, num_train=16, num_val=8)
-    return root
 
 
 def _recipe(root, model, out, **train) -> dict:
@@ -49,7 +40,7 @@ def _write_toml(path, recipe: dict):
 @pytest.mark.parametrize("family", sorted(f for f in ADAPTERS["classification"] if f != "timm_wrapper"))
 def test_classification_family(family, tiny_model, demo_classification):
     index = ClassificationIndex.from_coco(str(demo_classification / "val" / "annotations.json"), str(demo_classification / "val" / "images"))
-    model, processor, model_type = load_model(tiny_model("classification", family), True, "classification", index.class_names)
+    model, processor, model_type, _ = load_model(tiny_model("classification", family), True, "classification", index.class_names)
     assert model_type == family and model.config.id2label == dict(enumerate(DIGITS))
     adapter = adapter_class("classification", model_type)(model, processor)
     dataset = ClassificationDataset(index, resize=adapter.resize)
@@ -81,7 +72,7 @@ def test_classification_family(family, tiny_model, demo_classification):
 def test_timm_wrapper_family(tiny_model, demo_classification):
     pytest.importorskip("timm", reason="timm (and torchvision) not installed")
     index = ClassificationIndex.from_coco(str(demo_classification / "val" / "annotations.json"), str(demo_classification / "val" / "images"))
-    model, processor, model_type = load_model(tiny_model("classification", "timm_wrapper"), True, "classification", index.class_names)
+    model, processor, model_type, _ = load_model(tiny_model("classification", "timm_wrapper"), True, "classification", index.class_names)
     adapter = adapter_class("classification", model_type)(model, processor)
     batch = adapter.collate([ClassificationDataset(index, resize=adapter.resize)[i] for i in range(2)])
     loss, _ = adapter.loss(model(**adapter.model_inputs(batch)))
@@ -100,13 +91,13 @@ def test_metrics_values_and_predictions_file(tmp_path, demo_classification):
         scores[label if i < 6 else (label + 1) % 10] = 0.8
         scores[label if i >= 6 else (label + 2) % 10] = max(scores[label], 0.1)
         predictions.append({"image_id": int(index.image_ids[i]), "scores": scores})
-    evaluator = ClassificationEvaluator(index)
+    path = tmp_path / "predictions.json"
+    evaluator = ClassificationEvaluator(index, path)
     evaluator.update(predictions + predictions[:2])  # duplicates from distributed padding collapse
     metrics = evaluator.compute()
     assert metrics["val/accuracy"] == pytest.approx(6 / 8)
     assert metrics["val/accuracy_top5"] == pytest.approx(1.0)
-    path = tmp_path / "predictions.json"
-    evaluator.write_predictions(str(path))
+    evaluator.write()
     rows = json.loads(path.read_text())
     assert len(rows) == 8
     first = rows[0]
@@ -117,7 +108,7 @@ def test_metrics_values_and_predictions_file(tmp_path, demo_classification):
 def test_multi_label_index_and_metrics(tmp_path, demo_detection, tiny_model):
     """The detection demo (1-4 digits per image) as multi-label data: BCE loss, exact-match accuracy."""
     index = ClassificationIndex.from_coco(str(demo_detection / "val" / "annotations.json"), str(demo_detection / "val" / "images"), multi_label=True)
-    model, processor, _ = load_model(tiny_model("classification", "resnet"), True, "classification", index.class_names, multi_label=True)
+    model, processor, _, _ = load_model(tiny_model("classification", "resnet"), True, "classification", index.class_names, multi_label=True)
     adapter = adapter_class("classification", "resnet")(model, processor)
     assert adapter.multi_label
     batch = adapter.collate([ClassificationDataset(index, resize=adapter.resize)[i] for i in range(4)])
@@ -225,7 +216,7 @@ def test_distilled_deit_checkpoint_loads_the_trainable_head(tmp_path):
     T.DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path)
     square = {"height": 32, "width": 32}
     T.DeiTImageProcessorPil(size=square, crop_size=square).save_pretrained(tmp_path)
-    model, _, _ = load_model(str(tmp_path), True, "classification", ["a", "b", "c"])
+    model, _, _, _ = load_model(str(tmp_path), True, "classification", ["a", "b", "c"])
     assert type(model).__name__ == "DeiTForImageClassification"
     loss = model(pixel_values=torch.zeros(2, 3, 32, 32), labels=torch.tensor([0, 2])).loss
     assert math.isfinite(loss.item()) and loss.item() > 0

@@ -223,6 +223,12 @@ def _corrupt(kind: str, data: Path) -> list[str]:
         path = data / "train" / "images" / name
         path.write_bytes(path.read_bytes()[:200])
         return [name]
+    if kind == "wrong_image_size":
+        # The file is not the size the record says: its boxes would land in the wrong place.
+        record = coco["images"][1]
+        record["width"] += 37
+        ann.write_text(json.dumps(coco))
+        return [f"image id {record['id']}", record["file_name"], f"{record['width']}x{record['height']}"]
     if kind == "unknown_category":
         coco["annotations"][5]["category_id"] = 77
         ann.write_text(json.dumps(coco))
@@ -230,7 +236,7 @@ def _corrupt(kind: str, data: Path) -> list[str]:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["malformed_json", "missing_image", "corrupt_jpeg", "unknown_category", "recipe_typo"])
+@pytest.mark.parametrize("kind", ["malformed_json", "missing_image", "corrupt_jpeg", "wrong_image_size", "unknown_category", "recipe_typo"])
 def test_bad_input_gives_one_line_error_and_keeps_earlier_runs(kind, tmp_path, tiny_model, demo_detection, overfit_run):
     root, earlier_run = overfit_run
     before = _tree_digest(earlier_run)

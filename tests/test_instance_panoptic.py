@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,28 +14,11 @@ from cvengine.adapters import ADAPTERS, adapter_class, load_model
 from conftest import run_module
 
 
-@pytest.fixture(scope="session")
-def demo_instance(tmp_path_factory) -> Path:
-    from cvengine.data.demo import make_demo
-
-    root = tmp_path_factory.mktemp("demo_instance")
-    make_demo(root, task="instance_segmentation", seed=0, num_train=8, num_val=4)
-    return root
-
-
-@pytest.fixture(scope="session")
-def demo_panoptic(tmp_path_factory) -> Path:
-    from cvengine.data.demo import make_demo
-
-    root = tmp_path_factory.mktemp("demo_panoptic")
-    make_demo(root, task="panoptic_segmentation", seed=0, num_train=8, num_val=4)
-    return root
-
-
 def _index_and_dataset(task, root, adapter):
     from cvengine.data.coco import CocoIndex
-    from cvengine.data.mask_datasets import InstanceMaskDataset, PanopticDataset
-    from cvengine.data.panoptic import PanopticIndex
+    from cvengine.tasks.instance.dataset import InstanceMaskDataset
+    from cvengine.tasks.panoptic.dataset import PanopticDataset
+    from cvengine.tasks.panoptic.dataset import PanopticIndex
 
     if task == "instance_segmentation":
         index = CocoIndex.load(root / "train" / "annotations.json", root / "train" / "images", keep_segmentation=True)
@@ -52,7 +34,7 @@ def test_family_trains_postprocesses_and_scores(task, family, tiny_model, demo_i
 
     root = demo_instance if task == "instance_segmentation" else demo_panoptic
     num_labels = 10 if task == "instance_segmentation" else 11
-    model, processor, model_type = load_model(tiny_model(task, family, num_labels), True, task, [str(i) for i in range(num_labels)])
+    model, processor, model_type, _ = load_model(tiny_model(task, family, num_labels), True, task, [str(i) for i in range(num_labels)])
     adapter = adapter_class(task, model_type)(model, processor)
     index, dataset = _index_and_dataset(task, root, adapter)
     samples = [dataset[i] for i in range(3)]
@@ -95,9 +77,9 @@ def test_segm_map_equals_cocoeval(demo_instance):
     from pycocotools.cocoeval import COCOeval
 
     from cvengine.data.coco import CocoIndex
-    from cvengine.data.mask_datasets import boxes_from_masks
+    from cvengine.data.dataset import boxes_from_masks
     from cvengine.data.masks import encode_mask
-    from cvengine.tasks.instance import InstanceSegmentationEvaluator
+    from cvengine.tasks.instance.evaluate import InstanceSegmentationEvaluator
 
     ann_path = demo_instance / "val" / "annotations.json"
     index = CocoIndex.load(ann_path, demo_instance / "val" / "images", keep_segmentation=True)
@@ -120,7 +102,7 @@ def test_segm_map_equals_cocoeval(demo_instance):
     ours = evaluator.compute()
 
     gt = COCO(str(ann_path))
-    dt = gt.loadRes(evaluator.segm_results())
+    dt = gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "segmentation", "score")} for r in evaluator.records()])
     reference = COCOeval(gt, dt, iouType="segm")
     reference.evaluate(), reference.accumulate(), reference.summarize()
     assert 0.1 < ours["val/map"] < 0.99
@@ -235,7 +217,8 @@ def test_pq_random_maps_match_plain_formula():
 
 def test_to_panoptic_converter_keeps_every_instance(demo_instance, tmp_path):
     from cvengine.data.coco import CocoIndex
-    from cvengine.data.panoptic import PanopticIndex, instances_to_panoptic
+    from cvengine.data.masks import instances_to_panoptic
+    from cvengine.tasks.panoptic.dataset import PanopticIndex
 
     ann = demo_instance / "val" / "annotations.json"
     instances_to_panoptic(ann, tmp_path / "pan.json", tmp_path / "pan", stuff=["background"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from test_instance_panoptic import _recipe, demo_instance, demo_panoptic  # noqa: F401  (fixtures)
+from test_instance_panoptic import _recipe
 from test_report_tasks import assert_report_loads
 
 # Steps that give non-zero segm mAP and PQ on the 8 demo images (~0.1 s each here; measured in
@@ -136,7 +136,7 @@ def test_instance_predict_metrics_threshold_and_pyfunc(instance_run, demo_instan
 
     first = sorted(images.glob("*.jpg"))[0]
     predictor = Predictor.load(instance_run, device="cpu")
-    expected = predictor.task.serving_output(predictor.task.filter_prediction(predictor.predict([read_image(str(first))])[0], 0.5), predictor.class_names, predictor.label_to_category_id)
+    expected = predictor.task.serving_output(predictor.task.filter_prediction(predictor.predict([read_image(str(first))])[0], 0.5), predictor.label_map)
     for answer in _pyfunc_and_served_answers(instance_run / "model", tmp_path, first, 0.5):
         assert answer["masks_rle"] == expected["masks_rle"] and answer["labels"] == expected["labels"] and answer["category_ids"] == expected["category_ids"]
         np.testing.assert_allclose(answer["scores"], expected["scores"], atol=1e-6)
@@ -187,7 +187,7 @@ def test_panoptic_predict_pq_threshold_and_pyfunc(panoptic_run, demo_panoptic, t
     first = sorted(images.glob("*.jpg"))[0]
     predictor = Predictor.load(panoptic_run, device="cpu")
     prediction = predictor.predict([read_image(str(first))])[0]
-    expected = predictor.task.serving_output(prediction, predictor.class_names, predictor.label_to_category_id)["segments_info"]
+    expected = predictor.task.serving_output(prediction, predictor.label_map)["segments_info"]
     for answer in _pyfunc_and_served_answers(panoptic_run / "model", tmp_path, first, 0.0):
         assert answer["segments_info"] == expected and expected
         served_map = rgb_to_id(np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["panoptic_png"]))).convert("RGB")))

@@ -271,12 +271,14 @@ def test_coco_index_labels_crowd_clipping(tmp_path):
     path = write_json(tmp_path / "instances.json", _index_json())
     index = CocoIndex.load(path, tmp_path)
     # Category ids with gaps become contiguous labels ordered by id, and go back.
-    np.testing.assert_array_equal(index.label_to_category_id, [1, 5, 90])
+    np.testing.assert_array_equal(index.label_map.category_ids, [1, 5, 90])
     assert index.class_names == ["one", "five", "ninety"]
-    for label, cid in enumerate(index.label_to_category_id):
-        assert index.category_id_to_label[int(cid)] == label
+    for label, cid in enumerate(index.label_map.category_ids):
+        assert index.label_map.label_of(cid) == label
     for cid in (1, 5, 90):
-        assert index.label_to_category_id[index.category_id_to_label[cid]] == cid
+        assert index.label_map.category_id(index.label_map.label_of(cid)) == cid
+    np.testing.assert_array_equal(index.label_map.category_ids_of([2, 0, 1]), [90, 1, 5])
+    assert index.label_map.label_of(2) is None
 
     assert index.num_degenerate == 2  # annotations 4 and 5
     np.testing.assert_array_equal(index.image_ids, [20, 3, 11])

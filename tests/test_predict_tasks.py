@@ -44,14 +44,14 @@ def test_predict_cli_and_serving_output(tiny_model, demo_detection, tmp_path, ta
             assert mask.shape == read_image(str(f)).shape[:2]
             np.testing.assert_array_equal(mask, exp["semantic_map"])
     assert len(list((out / "rendered").glob("*.jpg"))) == 3
-    answer = predictor.task.serving_output(expected[0], predictor.class_names, predictor.label_to_category_id)
+    answer = predictor.task.serving_output(expected[0], predictor.label_map)
     assert set(answer["category_ids"]) <= set(range(1, 11))
 
 
 def test_classification_onnx_parity(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
     pytest.importorskip("onnxscript", reason="needs the [onnx] extra")
-    from cvengine.serving.onnx_export import export_onnx
+    from cvengine.serving.onnx import export_onnx
     from cvengine.serving.predictor import Predictor
 
     model_dir = _with_metadata(tiny_model("classification", "vit"), "classification", "vit")

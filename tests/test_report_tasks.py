@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_classification import demo_classification  # noqa: F401  (fixture)
 from test_report import CHECK, _chromium
-from test_semantic import demo_semantic  # noqa: F401  (fixture)
 
 
 def assert_report_loads(report: Path, headings: list[str], min_images: int, tmp_path: Path) -> None:

@@ -14,20 +14,10 @@ from PIL import Image
 from conftest import run_module
 from cvengine.adapters import ADAPTERS, adapter_class, load_model
 from cvengine.data.masks import IGNORE, paint_semantic_map
-from cvengine.data.semantic import CocoSemanticIndex, MaskFolderIndex, SemanticDataset
-from cvengine.tasks.semantic import SemanticEvaluator
+from cvengine.tasks.semantic.dataset import CocoSemanticIndex, MaskFolderIndex, SemanticDataset
+from cvengine.tasks.semantic.evaluate import SemanticEvaluator
 
 CLASSES = ["background"] + [str(d) for d in range(10)]
-
-
-@pytest.fixture(scope="session")
-def demo_semantic(tmp_path_factory):
-    """8 train and 4 val canvases of 96x96 px: COCO RLE json and PNG masks of the same labels."""
-    from cvengine.data.demo import make_demo
-
-    root = tmp_path_factory.mktemp("demo_semantic")
-    make_demo(root, task="semantic_segmentation", seed=0, num_train=8, num_val=4, canvas=(96, 96))
-    return root
 
 
 def _recipe(root, model, out, layout="coco", **train) -> dict:
@@ -60,7 +50,7 @@ def test_coco_and_png_layouts_give_the_same_label_maps(demo_semantic):
     coco = CocoSemanticIndex.load(str(demo_semantic / "val" / "annotations.json"), str(demo_semantic / "val" / "images"))
     folder = MaskFolderIndex(str(demo_semantic / "val" / "images"), str(demo_semantic / "val" / "masks"), CLASSES, 255, False)
     assert coco.class_names == folder.class_names == CLASSES
-    assert coco.label_to_category_id.tolist() == list(range(11))
+    assert coco.label_map.category_ids.tolist() == list(range(11))
     annotations = json.loads((demo_semantic / "val" / "annotations.json").read_text())["annotations"]
     for i in range(len(coco)):
         a, b = coco.semantic_map(i), folder.semantic_map(i)
@@ -87,7 +77,7 @@ def test_overlap_order_and_crowd_are_deterministic():
 @pytest.mark.parametrize("family", sorted(ADAPTERS["semantic_segmentation"]))
 def test_semantic_family(family, tiny_model, demo_semantic):
     index = CocoSemanticIndex.load(str(demo_semantic / "val" / "annotations.json"), str(demo_semantic / "val" / "images"))
-    model, processor, model_type = load_model(tiny_model("semantic_segmentation", family, 11), True, "semantic_segmentation", index.class_names)
+    model, processor, model_type, _ = load_model(tiny_model("semantic_segmentation", family, 11), True, "semantic_segmentation", index.class_names)
     assert model_type == family
     adapter = adapter_class("semantic_segmentation", model_type)(model, processor)
     dataset = SemanticDataset(index, resize=adapter.resize)
@@ -137,7 +127,7 @@ def test_miou_parity_with_numpy(tmp_path, demo_semantic):
     # The ignored strip: the evaluator reads ground truth from the index; give it the same strip.
     original = index.semantic_map
     index.semantic_map = lambda i: np.where(np.arange(original(i).shape[0])[:, None] < 5, IGNORE, original(i)).astype(np.uint8)
-    evaluator = SemanticEvaluator(index)
+    evaluator = SemanticEvaluator(index, tmp_path / "predictions.json")
     evaluator.update(predictions)
     metrics = evaluator.compute()
 
@@ -162,7 +152,7 @@ def test_miou_parity_with_numpy(tmp_path, demo_semantic):
     assert metrics["val/iou/background"] == pytest.approx(inter[0] / union[0], abs=1e-12)
     assert 0.3 < metrics["val/miou"] < 0.95
 
-    evaluator.write_predictions(str(tmp_path / "predictions.json"))
+    evaluator.write()
     written = json.loads((tmp_path / "predictions.json").read_text())
     assert written["classes"] == CLASSES and len(written["images"]) == len(index)
     first = written["images"][0]
@@ -263,7 +253,7 @@ def test_data_check_reports_every_bad_mask_and_image_folder(tmp_path, demo_seman
 def _train_miou_before_training(model_dir: str, root) -> float:
     """mIoU of the random-init checkpoint on the train split, through the same adapter and evaluator."""
     index = CocoSemanticIndex.load(str(root / "train" / "annotations.json"), str(root / "train" / "images"))
-    model, processor, model_type = load_model(model_dir, True, "semantic_segmentation", index.class_names)
+    model, processor, model_type, _ = load_model(model_dir, True, "semantic_segmentation", index.class_names)
     adapter = adapter_class("semantic_segmentation", model_type)(model, processor)
     dataset = SemanticDataset(index, resize=adapter.resize)
     batch = adapter.collate([dataset[i] for i in range(len(dataset))])

@@ -30,7 +30,7 @@ from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
 # COCO keeps at most 100 detections per image; no score threshold before metrics.
 MAX_DETECTIONS = 100
 # Query masks upsampled to the original image size at a time (n x H x W floats).
-UPSAMPLE_CHUNK = 16
+UPSAMPLE_CHUNK = 8
 
 
 class MaskClassificationAdapter(Adapter):

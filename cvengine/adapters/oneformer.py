@@ -1,7 +1,7 @@
 """OneFormer: Mask2Former's (mask, class) pairs conditioned on a task token, plus a text branch used
 only by its training loss (query-text contrastive term).
 
-Besides the mask-classification inputs of `universal_segmentation`, the model takes
+Besides the mask-classification inputs of `mask_classification`, the model takes
   task_inputs  (B, task_seq_len) int64  tokens of "the task is {semantic|instance|panoptic}"
   text_inputs  (B, num_text, text_encoder_context_length) int64, training only: one text per
                annotated segment, "a photo with a {class name}", in class order, the rest filled with
@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cvengine.adapters.universal_segmentation import (
+from cvengine.adapters.base import Family
+from cvengine.adapters.mask_classification import (
     InstanceSegmentationAdapter,
     PanopticSegmentationAdapter,
     SemanticUniversalAdapter,
@@ -27,8 +28,7 @@ from cvengine.adapters.universal_segmentation import (
 from cvengine.data.dataset import Sample
 from cvengine.errors import RecipeError
 
-# The task word of each cvengine task, and the filler text of unused text slots (transformers' wording).
-_TASK_WORDS = {"semantic_segmentation": "semantic", "instance_segmentation": "instance", "panoptic_segmentation": "panoptic"}
+# The filler text of unused text slots, per task word (transformers' wording).
 _FILLER_TEXTS = {"semantic": "a semantic photo", "instance": "an instance photo", "panoptic": "an panoptic photo"}
 
 
@@ -57,13 +57,16 @@ def _load_tokenizer(model):
 class OneFormerInputs:
     """Adds task and text tokens to a mask-classification adapter (mixed in before it)."""
 
+    task_word = ""  # the word of "the task is {word}": semantic, instance or panoptic
+    # Its loss has a query-text contrastive term from the text branch, which evaluation switches off.
+    loss_at_evaluation = False
+
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
         config = model.config
         if not config.is_training:
             raise RecipeError("OneFormer was built without its text branch (config.is_training = false); load it through cvengine.adapters.load_model")
         self.tokenizer = _load_tokenizer(model)
-        self.task_word = _TASK_WORDS[self.task]
         self.task_length = int(config.task_seq_len)
         self.text_length = int(config.text_encoder_context_length)
         self.num_text = int(config.num_queries - config.text_encoder_n_ctx)
@@ -98,16 +101,22 @@ class OneFormerInputs:
         return outputs.loss.reshape(()), {}  # OneFormer returns it with shape (1,)
 
 
+    def save(self, folder) -> None:
+        # Inference tokenizes the task text too: the tokenizer goes with the model.
+        super().save(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
 class OneFormerInstanceAdapter(OneFormerInputs, InstanceSegmentationAdapter):
-    pass
+    task_word = "instance"
 
 
 class OneFormerPanopticAdapter(OneFormerInputs, PanopticSegmentationAdapter):
-    pass
+    task_word = "panoptic"
 
 
 class OneFormerSemanticAdapter(OneFormerInputs, SemanticUniversalAdapter):
-    pass
+    task_word = "semantic"
 
 
 def tiny_oneformer(side: int = 128):
@@ -131,3 +140,10 @@ def tiny_oneformer(side: int = 128):
     )
     image_processor = T.OneFormerImageProcessorPil(size={"height": side, "width": side}, size_divisor=32, do_reduce_labels=False, ignore_index=255, num_text=config.num_queries - config.text_encoder_n_ctx)
     return config, T.OneFormerProcessor(image_processor=image_processor, tokenizer=tokenizer, max_seq_length=16, task_seq_length=16)
+
+
+FAMILIES = [
+    Family("oneformer", "instance_segmentation", OneFormerInstanceAdapter, tiny_oneformer),
+    Family("oneformer", "panoptic_segmentation", OneFormerPanopticAdapter, tiny_oneformer),
+    Family("oneformer", "semantic_segmentation", OneFormerSemanticAdapter, tiny_oneformer),
+]

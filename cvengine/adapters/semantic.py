@@ -10,9 +10,12 @@ image's original size before the argmax, so that metrics compare with the annota
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
+from cvengine.adapters.base import Adapter, Family
 from cvengine.adapters.classification import square_side
 from cvengine.data.dataset import Sample
 from cvengine.data.masks import IGNORE
@@ -22,11 +25,12 @@ from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
 _IGNORE_INDEX_KEYS = ("semantic_loss_ignore_index", "loss_ignore_index")
 
 
-class SemanticSegmentationAdapter:
+class SemanticSegmentationAdapter(Adapter):
     task = "semantic_segmentation"
+    auto_model = "AutoModelForSemanticSegmentation"
 
     def __init__(self, model, processor, image_size: int | None = None):
-        self.processor = processor
+        super().__init__(model, processor, image_size)
         side = square_side(processor, image_size)
         # A fixed square: every batch stacks without padding; label maps follow with NEAREST.
         self.resize = ResizePolicy({"height": side, "width": side})
@@ -46,17 +50,7 @@ class SemanticSegmentationAdapter:
             "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
         }
 
-    # -- on the device ------------------------------------------------------------------------------
-    def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
-        inputs = {"pixel_values": self.normalize(batch["pixels_uint8"])}
-        if with_labels:
-            inputs["labels"] = batch["labels"]
-        return inputs
-
-    @staticmethod
-    def loss(outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return outputs.loss, {}
-
+    # -- on the device: the base Adapter's model_inputs (pixel_values, labels) and loss -------------
     def postprocess(self, outputs, batch: dict) -> list[dict]:
         """-> per image {image_id, semantic_map (H, W) uint8 at the original image size}."""
         logits = outputs.logits  # (B, K, h, w)
@@ -66,3 +60,42 @@ class SemanticSegmentationAdapter:
             label_map = upsampled[0].argmax(dim=0).to(torch.uint8 if logits.shape[1] <= 255 else torch.int32)
             predictions.append({"image_id": image_id, "semantic_map": label_map.cpu().numpy()})
         return predictions
+
+    def backbone_parameter_names(self, model) -> set[str]:
+        # The encoder: the base model (`segformer.`, `dpt.`, `beit.`, `mobilevit.`), or UperNet's `backbone.`.
+        prefix = model.base_model_prefix + "." if model.base_model_prefix else "backbone."
+        return {name for name, _ in model.named_parameters() if name.startswith(prefix)}
+
+
+# -- small random-init configurations (tests, the demo job) -----------------------------------------
+SEMANTIC_SIDE = 128
+
+
+def tiny_semantic(family: str):
+    import transformers as T
+
+    side = SEMANTIC_SIDE
+    square = {"height": side, "width": side}
+    if family == "segformer":
+        # Wider than the smallest working SegFormer: thin digit strokes are learned ~2x faster.
+        cfg = T.SegformerConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=64)
+        return cfg, T.SegformerImageProcessorPil(size=square, do_reduce_labels=False)
+    if family == "upernet":
+        backbone = T.ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], out_features=["stage1", "stage2", "stage3", "stage4"])
+        cfg = T.UperNetConfig(backbone_config=backbone, hidden_size=32, auxiliary_channels=16, auxiliary_in_channels=32)
+        return cfg, T.SegformerImageProcessorPil(size=square, do_reduce_labels=False)
+    if family == "dpt":
+        cfg = T.DPTConfig(image_size=side, patch_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                          backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16)
+        return cfg, T.DPTImageProcessorPil(size=square, keep_aspect_ratio=False)
+    if family == "mobilevit":
+        cfg = T.MobileViTConfig(image_size=side, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 64], num_attention_heads=2, aspp_out_channels=16, atrous_rates=[2, 4, 6])
+        return cfg, T.MobileViTImageProcessorPil(size={"shortest_edge": side}, crop_size=square)
+    if family == "beit":
+        cfg = T.BeitConfig(image_size=side, patch_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                           out_indices=[0, 1, 2, 3], auxiliary_channels=16, use_auxiliary_head=True)
+        return cfg, T.BeitImageProcessorPil(size=square, crop_size=square, do_center_crop=False, do_reduce_labels=False)
+    raise KeyError(family)
+
+
+FAMILIES = [Family(name, "semantic_segmentation", SemanticSegmentationAdapter, functools.partial(tiny_semantic, name)) for name in ("segformer", "upernet", "dpt", "mobilevit", "beit")]

@@ -36,7 +36,7 @@ def _check_folders(args) -> int:
     from cvengine.data.check_tasks import check_image_folder, check_mask_folder
 
     if args.masks:
-        from cvengine.data.semantic import read_class_names
+        from cvengine.data.masks import read_class_names
 
         if not args.labels:
             raise DataError("checking a mask folder needs --labels FILE (class names by label id) to know the valid label ids")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 from cvengine.data.check import Report, _Collector, _image_shape
-from cvengine.data.classification import IMAGE_EXTENSIONS, image_folder_classes
+from cvengine.data.images import IMAGE_EXTENSIONS, image_folder_classes
 from cvengine.errors import DataError
 
 

@@ -1,7 +1,8 @@
-"""The one COCO parser: contiguous label ids and their inverse, crowd and degenerate-box handling.
+"""The one COCO parser and the one label map: contiguous label ids and their inverse, crowd and
+degenerate-box handling.
 
-COCO category ids (which may have gaps, e.g. 1..90) become contiguous labels 0..K-1 here, and go back
-to COCO ids here (`label_to_category_id`) when results are written. Nowhere else.
+COCO category ids (which may have gaps, e.g. 1..90) become contiguous labels 0..K-1 in `LabelMap`,
+and go back to COCO ids through the same `LabelMap` when results are written. Nowhere else.
 """
 from __future__ import annotations
 
@@ -52,6 +53,85 @@ def _require_list(data: dict, key: str, path) -> list:
     return value
 
 
+class LabelMap:
+    """Contiguous labels 0..K-1 <-> the data set's category ids <-> class names.
+
+    category_ids  (K,) int64, ascending: the category id of each label
+    names         K class names, in label order
+    categories    K category records (dicts with at least id and name; panoptic ones carry `isthing`)
+    Built once per data set (`from_categories`, `from_names`) and saved with a trained model
+    (`to_metadata` -> cvengine.json); every mapping between ids goes through it.
+    """
+
+    def __init__(self, category_ids, names, categories=None):
+        self.category_ids = np.asarray(category_ids, dtype=np.int64).reshape(-1)
+        self.names = [str(n) for n in names]
+        if len(self.names) != len(self.category_ids):
+            raise ValueError(f"{len(self.names)} names for {len(self.category_ids)} category ids")
+        self.categories = [dict(c) for c in categories] if categories is not None else [{"id": int(c), "name": n} for c, n in zip(self.category_ids, self.names)]
+        self._label_of = {int(c): i for i, c in enumerate(self.category_ids)}
+
+    @classmethod
+    def from_categories(cls, categories: list, where: str = "") -> "LabelMap":
+        """COCO `categories` records, ordered by id (the contiguous label order)."""
+        try:
+            ordered = sorted(categories, key=lambda c: int(c["id"]))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: every category needs an integer 'id'") from None
+        ids = [int(c["id"]) for c in ordered]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{where}: duplicate category id {_first_duplicate(ids)}")
+        return cls(ids, [str(c.get("name", c["id"])) for c in ordered], ordered)
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> "LabelMap":
+        """Classes known by name only (class folders, label files): category id = label."""
+        return cls(np.arange(len(names)), names)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "LabelMap":
+        """The label map a trained model folder's cvengine.json holds."""
+        names = list(metadata["class_names"])
+        ids = metadata.get("label_to_category_id") or list(range(len(names)))
+        return cls(ids, names, metadata.get("categories") or None)
+
+    def to_metadata(self) -> dict:
+        return {"class_names": list(self.names), "label_to_category_id": [int(c) for c in self.category_ids], "categories": self.categories}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LabelMap) and self.names == other.names and np.array_equal(self.category_ids, other.category_ids)
+
+    def __repr__(self) -> str:
+        return f"LabelMap({len(self)} classes: {', '.join(self.names[:5])}{', …' if len(self) > 5 else ''})"
+
+    def category_ids_of(self, labels) -> np.ndarray:
+        """(N,) contiguous labels -> (N,) int64 category ids."""
+        return self.category_ids[np.asarray(labels, dtype=np.int64)]
+
+    def category_id(self, label: int) -> int:
+        return int(self.category_ids[int(label)])
+
+    def label_of(self, category_id: int) -> int | None:
+        """The contiguous label of a category id, None for an id the data set does not have."""
+        return self._label_of.get(int(category_id))
+
+    def name(self, label: int) -> str:
+        return self.names[int(label)] if 0 <= int(label) < len(self.names) else str(int(label))
+
+    @property
+    def isthing(self) -> np.ndarray:
+        """(K,) bool: thing classes (countable objects); stuff classes (panoptic) are False."""
+        return np.array([bool(c.get("isthing", 1)) for c in self.categories], dtype=bool)
+
+    def with_background(self) -> "LabelMap":
+        """This map with a "background" class prepended as label 0, category id 0 (semantic label maps
+        painted from COCO instances)."""
+        return LabelMap(np.concatenate([[0], self.category_ids]), ["background", *self.names], [{"id": 0, "name": "background"}, *self.categories])
+
+
 class CocoIndex:
     """Images, categories and per-image targets of one COCO instances file, held as numpy arrays.
 
@@ -77,17 +157,7 @@ class CocoIndex:
         categories = _require_list(data, "categories", path)
 
         # Categories -> contiguous labels, ordered by COCO id.
-        try:
-            categories = sorted(categories, key=lambda c: int(c["id"]))
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: every category needs an integer 'id'") from None
-        self.categories = categories
-        self.label_to_category_id = np.array([int(c["id"]) for c in categories], dtype=np.int64)
-        if len(set(self.label_to_category_id.tolist())) != len(categories):
-            dup = _first_duplicate(self.label_to_category_id.tolist())
-            raise DataError(f"{path}: duplicate category id {dup}")
-        self.category_id_to_label = {int(cid): i for i, cid in enumerate(self.label_to_category_id)}
-        self.class_names = [str(c.get("name", c["id"])) for c in categories]
+        self.label_map = LabelMap.from_categories(categories, path)
 
         # Images.
         try:
@@ -127,14 +197,14 @@ class CocoIndex:
             raise DataError(f"{path}: annotation id {annotations[i].get('id')} refers to unknown image_id {int(ann_image_ids[i])}")
         image_index = order[pos]
 
-        cat_sorted = np.sort(self.label_to_category_id)
-        cpos = np.clip(np.searchsorted(self.label_to_category_id, ann_cat_ids), 0, max(len(cat_sorted) - 1, 0))
-        known_cat = (self.label_to_category_id[cpos] == ann_cat_ids) if len(cat_sorted) else np.zeros(n, bool)
+        category_ids = self.label_map.category_ids  # ascending
+        cpos = np.clip(np.searchsorted(category_ids, ann_cat_ids), 0, max(len(category_ids) - 1, 0))
+        known_cat = (category_ids[cpos] == ann_cat_ids) if len(category_ids) else np.zeros(n, bool)
         if not known_cat.all():
             i = int(np.flatnonzero(~known_cat)[0])
             raise DataError(
                 f"{path}: annotation id {annotations[i].get('id')} has unknown category_id {int(ann_cat_ids[i])}"
-                f" (known: {self.label_to_category_id.tolist()})"
+                f" (known: {category_ids.tolist()})"
             )
         labels = cpos.astype(np.int64)
 
@@ -173,7 +243,24 @@ class CocoIndex:
 
     @property
     def num_classes(self) -> int:
-        return len(self.categories)
+        return len(self.label_map)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.label_map.names
+
+    def coco(self):
+        """The pycocotools ground truth of the annotations file (crowd regions included), built once
+        and kept: evaluation after every epoch re-uses it."""
+        if getattr(self, "_coco", None) is None:
+            from cvengine.metrics.coco import coco_from_dict
+
+            self._coco = coco_from_dict(read_json(self.annotations_path), source=self.annotations_path)
+        return self._coco
+
+    def __getstate__(self) -> dict:
+        # Loader workers get the index through the dataset; the evaluation ground truth stays here.
+        return {k: v for k, v in self.__dict__.items() if k != "_coco"}
 
     def image_path(self, i: int) -> str:
         return os.path.join(self.images_dir, self.file_names[i])

@@ -221,7 +221,7 @@ def _write_panoptic_split(
 ) -> dict:
     """The detection split (kept as annotations.json), converted to COCO panoptic: digits are things,
     every other pixel is the stuff class "background"; panoptic.json + panoptic/*.png."""
-    from cvengine.data.panoptic import instances_to_panoptic
+    from cvengine.data.masks import instances_to_panoptic
 
     instances = _write_detection_split(split_dir, rng, scan_indices, num_images, canvas)
     out_json = os.path.join(split_dir, "panoptic.json")

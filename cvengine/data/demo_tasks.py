@@ -63,7 +63,7 @@ def write_classification_split(split_dir: str, rng: np.random.Generator, scan_in
 
 
 def write_semantic_split(split_dir: str, rng: np.random.Generator, scan_indices: np.ndarray, num_images: int, canvas: tuple[int, int]) -> dict:
-    from cvengine.data.semantic import CocoSemanticIndex
+    from cvengine.tasks.semantic.dataset import CocoSemanticIndex
 
     result = demo._write_detection_split(split_dir, rng, scan_indices, num_images, canvas)
     masks_dir = os.path.join(split_dir, "masks")

@@ -6,6 +6,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvengine.errors import DataError
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
 # Refuse decompression bombs with our own error rather than PIL's warning/exception mix.
 Image.MAX_IMAGE_PIXELS = 1 << 28
 
@@ -41,3 +43,15 @@ def read_image(path: str) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {err}") from None
     except Image.DecompressionBombError as err:
         raise DataError(f"image {path} is too large to decode safely: {err}") from None
+
+
+def image_folder_classes(images_dir: str, where: str = "") -> list[str]:
+    """Sorted names of the class folders of an ImageFolder layout (`images/<class name>/<file>`)."""
+    import os
+
+    if not os.path.isdir(images_dir):
+        raise DataError(f"{where or 'images folder'}: folder not found: {images_dir}")
+    classes = sorted(e for e in os.listdir(images_dir) if os.path.isdir(os.path.join(images_dir, e)) and not e.startswith("."))
+    if not classes:
+        raise DataError(f"{where or images_dir}: {images_dir} has no class folders; the ImageFolder layout is images/<class name>/<image file> (or give an annotations file)")
+    return classes

@@ -5,9 +5,12 @@ The one place where COCO `segmentation` fields are decoded; every task that need
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
-from cvengine.errors import DataError
+from cvengine.errors import DataError, RecipeError
 
 
 def _mask_utils():
@@ -140,3 +143,116 @@ def remap_png_labels(values: np.ndarray, num_classes: int, ignore_index: int, re
     out = values.astype(np.uint8)
     out[ignore] = IGNORE
     return out
+
+
+def read_class_names(labels, where: str = "data.labels") -> list[str]:
+    """data.labels: a list of names, or a file holding a JSON list, a JSON object {"0": name, …}
+    (ids 0..K-1, each once) or one name per line."""
+    if isinstance(labels, list):
+        names = labels
+    elif isinstance(labels, str):
+        try:
+            with open(labels, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise RecipeError(f"{where} = '{labels}': cannot read the label file ({err.strerror or err})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = [line.strip() for line in text.splitlines() if line.strip()]
+        if isinstance(data, dict):
+            try:
+                by_id = {int(k): v for k, v in data.items()}
+            except ValueError:
+                raise RecipeError(f"{where} = '{labels}': keys must be label ids (\"0\", \"1\", …)") from None
+            if sorted(by_id) != list(range(len(by_id))):
+                raise RecipeError(f"{where} = '{labels}': label ids must be 0..{len(by_id) - 1} with none missing; got {sorted(by_id)[:10]}")
+            names = [by_id[k] for k in range(len(by_id))]
+        else:
+            names = data
+    else:
+        raise RecipeError(f"{where} must be a list of class names or a label file; got {labels!r}")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise RecipeError(f"{where}: needs a non-empty list of class names (strings)")
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}: class names must be unique")
+    return names
+
+
+def instances_to_panoptic(
+    instances_json: str | os.PathLike,
+    out_json: str | os.PathLike,
+    out_png_dir: str | os.PathLike,
+    stuff: list[str] | None = None,
+) -> dict:
+    """A COCO instances file -> COCO panoptic json + PNGs.
+
+    Every instance becomes a thing segment (crowd instances become crowd segments); where instances
+    overlap the smaller one wins. `stuff` names stuff classes: the first one ("background") fills
+    every pixel no instance covers; with no stuff class those pixels are void. Stuff categories get
+    ids after the largest thing id. Returns {"annotations": out_json, "masks": out_png_dir, "num_images"}.
+    """
+    from PIL import Image
+
+    from cvengine.data.coco import read_json
+    from cvengine.metrics.panoptic import id_to_rgb
+
+    data = read_json(instances_json)
+    stuff = list(stuff or [])
+    things = [{**c, "isthing": 1} for c in data["categories"]]
+    next_id = max((int(c["id"]) for c in things), default=0) + 1
+    stuff_categories = [{"id": next_id + k, "name": name, "supercategory": "stuff", "isthing": 0} for k, name in enumerate(stuff)]
+    os.makedirs(out_png_dir, exist_ok=True)
+    by_image: dict[int, list] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    annotations = []
+    for im in data["images"]:
+        h, w = int(im["height"]), int(im["width"])
+        ids = np.zeros((h, w), dtype=np.int64)
+        segments = []
+        anns = by_image.get(int(im["id"]), [])
+        masks = []
+        for ann in anns:
+            try:
+                masks.append(decode_segmentation(ann["segmentation"], h, w).astype(bool))
+            except (KeyError, ValueError) as err:
+                raise DataError(f"{instances_json}: annotation id {ann.get('id')}: cannot decode its segmentation ({err})") from None
+        order = np.argsort([-int(m.sum()) for m in masks], kind="stable")
+        for k in order:
+            ann, mask = anns[k], masks[k]
+            segment_id = len(segments) + 1
+            ids[mask] = segment_id
+            segments.append({"id": segment_id, "category_id": int(ann["category_id"]), "iscrowd": int(ann.get("iscrowd", 0))})
+        if stuff_categories:
+            segment_id = len(segments) + 1
+            ids[ids == 0] = segment_id
+            segments.append({"id": segment_id, "category_id": stuff_categories[0]["id"], "iscrowd": 0})
+        # Areas and boxes from the final map (smaller instances may cover parts of larger ones).
+        present = []
+        for s in segments:
+            mask = ids == s["id"]
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            ys, xs = np.nonzero(mask)
+            s["area"] = area
+            s["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            present.append(s)
+        png_name = os.path.splitext(str(im["file_name"]))[0] + ".png"
+        os.makedirs(os.path.dirname(os.path.join(out_png_dir, png_name)) or ".", exist_ok=True)
+        Image.fromarray(id_to_rgb(ids)).save(os.path.join(out_png_dir, png_name))
+        annotations.append({"image_id": int(im["id"]), "file_name": png_name, "segments_info": present})
+    out = {
+        "info": data.get("info", {}),
+        "images": data["images"],
+        "annotations": annotations,
+        "categories": things + stuff_categories,
+    }
+    tmp = f"{out_json}.tmp"
+    import json
+
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(out, fh, separators=(",", ":"))
+    os.replace(tmp, out_json)
+    return {"annotations": str(out_json), "masks": str(out_png_dir), "num_images": len(annotations)}

@@ -58,7 +58,7 @@ def dataset_stats(annotations_path: str | os.PathLike) -> dict:
     classes = [
         {
             "name": index.class_names[k],
-            "id": int(index.label_to_category_id[k]),
+            "id": index.label_map.category_id(k),
             "count": int(count[k]),
             "images": int(images_with[k]),
         }

@@ -1,19 +1,31 @@
-"""Checkpoints as a hook: `last` after every epoch, `best` when the monitored metric improves, both
-written to a temporary folder first and swapped in, so that a crash never leaves a torn checkpoint.
+"""Run folders, checkpoints and the exported model folder.
 
-A checkpoint is Accelerate's `save_state` folder: model, optimizer, scheduler, every rank's RNG
-state, the sampler's epoch and our TrainState counters. Loading it resumes exactly where it stopped.
+Run folder: `<train.output_dir>/<tracking.experiment>/<run name>/` with `recipe.toml` (the resolved
+recipe), `checkpoints/{best,last}/`, `model/` and `metrics.json`.
+
+Checkpoints are a hook: `last` after every evaluated epoch, `best` when the monitored metric
+improves, both written to a temporary folder first and swapped in, so that a crash never leaves a
+torn checkpoint. A checkpoint is Accelerate's `save_state` folder: model, optimizer, scheduler, every
+rank's RNG state, the sampler's epoch and our TrainState counters. Loading it resumes exactly where
+it stopped.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
+import attrs
+
 from cvengine.engine.hooks import Callback
+from cvengine.errors import CvengineError, RecipeError
 
 log = logging.getLogger("cvengine")
+
+MODEL_METADATA = "cvengine.json"
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -35,6 +47,127 @@ def checkpoint_dir(path: Path) -> Path:
     if not path.exists() and path.with_name(path.name + ".old").exists():
         return path.with_name(path.name + ".old")
     return path
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run folder
+
+
+def find_run_dir(recipe, model_family: str) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from or None) for a recipe: a new folder (never another
+    run's), or with train.resume the run it continues."""
+    train, tracking = recipe.train, recipe.tracking
+    root = Path(train.output_dir).resolve() / tracking.experiment
+    if train.resume == "last":
+        if tracking.run_name:
+            candidates = [root / tracking.run_name]
+        else:
+            candidates = sorted((d for d in root.glob("*") if checkpoint_dir(d / "checkpoints" / "last").exists()), key=lambda d: d.stat().st_mtime)
+        last = checkpoint_dir(candidates[-1] / "checkpoints" / "last") if candidates else None
+        if last is None or not last.exists():
+            raise RecipeError(f"train.resume = 'last': no checkpoints/last under {root / (tracking.run_name or '*')}; train without resume first")
+        return candidates[-1], last
+    if train.resume:
+        path = Path(train.resume).resolve()
+        if not path.is_dir() or not any(path.glob("random_states_*.pkl")):
+            raise RecipeError(f"train.resume = '{train.resume}': not a checkpoint folder (expected RUN/checkpoints/last or best)")
+        return (path.parent.parent if path.parent.name == "checkpoints" else root / path.name), path
+    name = tracking.run_name or f"{model_family}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = root / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if tracking.run_name:
+            raise RecipeError(f"run folder {run_dir} already exists; choose another tracking.run_name, or set train.resume = 'last' to continue it")
+        suffix = 1
+        while (root / f"{name}-{suffix}").exists():
+            suffix += 1
+        run_dir = root / f"{name}-{suffix}"
+    return run_dir, None
+
+
+def resolve_run_dir(accelerator, recipe, model_family: str, run_dir=None) -> tuple[Path, Path | None]:
+    """The run folder on every rank: chosen by the main process, broadcast to the others."""
+    from accelerate.utils import broadcast_object_list
+
+    if run_dir is not None:
+        return Path(run_dir).resolve(), None
+    answer = [None]
+    if accelerator.is_main_process:
+        answer = [find_run_dir(recipe, model_family)]
+    broadcast_object_list(answer)
+    return answer[0]
+
+
+def resolved_recipe(recipe, run_dir: Path):
+    """The recipe as run: absolute paths and the actual run name, so it re-runs from anywhere."""
+    r = recipe
+    splits = {}
+    for split in ("train", "val", "test"):
+        section = getattr(r.data, split)
+        if section is not None:
+            splits[split] = attrs.evolve(section, images=r.resolve_path(section.images), annotations=r.resolve_path(section.annotations) if section.annotations else None)
+            if section.masks:
+                splits[split] = attrs.evolve(splits[split], masks=r.resolve_path(section.masks))
+    if isinstance(r.data.labels, str):
+        splits["labels"] = r.resolve_path(r.data.labels)
+    data = attrs.evolve(r.data, root=None, **splits)
+    train = attrs.evolve(r.train, output_dir=str(Path(r.train.output_dir).resolve()), resume=None)
+    tracking = attrs.evolve(r.tracking, run_name=Path(run_dir).name)
+    return attrs.evolve(r, data=data, train=train, tracking=tracking)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model folder (`model/`): what AutoModelFor….from_pretrained and cvengine's Predictor load
+
+
+def model_metadata(engine) -> dict:
+    """What inference needs beyond config.json: the task, the family, and the label map (the way
+    back from contiguous labels to the data set's category ids), saved as cvengine.json."""
+    return {"task": engine.recipe.task, "model_family": engine.model_family, **engine.label_map.to_metadata()}
+
+
+def save_model(engine, path) -> None:
+    """`path/` loadable with AutoModelFor….from_pretrained and AutoImageProcessor.from_pretrained,
+    written beside it first and swapped in."""
+    acc = engine.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.saving")
+        acc.unwrap_model(engine.model).save_pretrained(tmp)
+        engine.adapter.save(tmp)
+        write_json(tmp / MODEL_METADATA, model_metadata(engine))
+        replace_dir(tmp, path)
+    acc.wait_for_everyone()
+
+
+def load_weights(engine, checkpoint) -> None:
+    """Model weights from a checkpoint folder (`checkpoints/best`, `last`) or an exported `model/`."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = checkpoint_dir(Path(checkpoint))
+    files = [path / "model.safetensors", path / "pytorch_model.bin"]
+    found = next((f for f in files if f.exists()), None)
+    if found is None:
+        raise CvengineError(f"{path}: no model.safetensors or pytorch_model.bin in this checkpoint folder")
+    weights = load_file(str(found)) if found.suffix == ".safetensors" else torch.load(found, map_location="cpu", weights_only=True)
+    model = engine.accelerator.unwrap_model(engine.model)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied weights are stored once; anything else missing means the checkpoint is of another model.
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {}) | set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if unexpected or len(missing) > 0.5 * len(weights):
+        raise CvengineError(f"{found} does not match model '{engine.recipe.model.name}': {len(missing)} missing, {len(unexpected)} unexpected keys")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The hook
 
 
 class CheckpointHook(Callback):
@@ -74,5 +207,5 @@ class CheckpointHook(Callback):
             else:
                 shutil.rmtree(tmp)
         if self.save_best and state.improved:
-            engine.save_model(Path(engine.run_dir) / "model")
+            save_model(engine, Path(engine.run_dir) / "model")
         acc.wait_for_everyone()

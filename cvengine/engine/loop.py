@@ -3,90 +3,36 @@
     for epoch:                      on_epoch_start
         for batch:                  forward → loss → backward → (clip → step → schedule) on sync steps
                                     on_step_end, on_log every train.log_every_steps
-        evaluate()                  whole split, predictions gathered across ranks; on_eval_end
+        evaluate()                  whole split, per-rank evaluator states merged; on_eval_end
                                     on_epoch_end (checkpoints, early stopping)
+
+Devices and precision live in `devices.py`, the optimizer and schedule in `optim.py`, run folders,
+checkpoints and the exported model folder in `checkpoint.py`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
 
-import attrs
 import torch
 
 from cvengine.adapters import adapter_class, load_model
-from cvengine.engine.checkpoint import CheckpointHook, checkpoint_dir, replace_dir
+from cvengine.engine import checkpoint as run_folder
+from cvengine.engine.checkpoint import CheckpointHook, write_json
+from cvengine.engine.devices import build_accelerator, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
+from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook
-from cvengine.errors import CvengineError, RecipeError
+from cvengine.errors import RecipeError
 from cvengine.recipe import Recipe, dump_recipe
 from cvengine.tasks import get_task
 
 log = logging.getLogger("cvengine")
 
 DEFAULT = "default"  # sentinel: the built-in CheckpointHook / MLflowHook
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str) -> str:
-    """Recipe precision -> Accelerate's mixed_precision, refusing what the device cannot do well."""
-    cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if bf16_ok else "no"
-    if precision == "fp32":
-        return "no"
-    if precision == "fp16":
-        if not cuda:
-            raise RecipeError("train.precision = 'fp16' needs a CUDA GPU: on CPU it would silently run in fp32. Use 'auto' or 'fp32'.")
-        return "fp16"
-    if cuda and not bf16_ok:
-        raise RecipeError("train.precision = 'bf16': this GPU has no bf16 support. Use 'fp16' or 'auto'.")
-    if not cuda and not _cpu_has_fast_bf16():
-        raise RecipeError("train.precision = 'bf16': this CPU has no bf16 instructions (AVX512-BF16/AMX), where bf16 runs several times slower than fp32. Use 'auto' or 'fp32'.")
-    return "bf16"
-
-
-def _worker_init(_worker_id: int) -> None:
-    # One loader worker = one core: keep OpenCV and torch from spawning threads inside it.
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def build_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
-    """AdamW; backbone parameters at lr × backbone_lr_mult; no weight decay on biases and norms."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = ("backbone" in name, param.ndim <= 1)
-            groups.setdefault(key, []).append(param)
-    param_groups = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        param_groups.append(
-            {
-                "params": params,
-                "lr": train.lr * (train.backbone_lr_mult if is_backbone else 1.0),
-                "weight_decay": 0.0 if no_decay else train.weight_decay,
-                "name": ("backbone" if is_backbone else "head") + ("_no_decay" if no_decay else ""),
-            }
-        )
-    # The fused kernel is ~3x faster than the per-parameter loop on CPU and faster on CUDA too.
-    params = [p for g in param_groups for p in g["params"]]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(param_groups, lr=train.lr, fused=fused or None)
 
 
 class Engine:
@@ -98,31 +44,13 @@ class Engine:
     """
 
     def __init__(self, recipe: Recipe, callbacks=(), checkpoint=DEFAULT, tracker=DEFAULT, run_dir: str | os.PathLike | None = None, progress: bool = True):
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+        from accelerate.utils import set_seed
 
         self.recipe = recipe
         self.task = get_task(recipe.task)
         self.monitor = recipe.train.monitor or self.task.main_metric
-        self.mode = "min" if "loss" in self.monitor else self.task.mode
-
-        mixed_precision = resolve_precision(recipe.train.precision)
-        launched_world = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched_world == 1:
-            # Accelerate keeps one process-wide state; several engines in one process each get a fresh one.
-            AcceleratorState._reset_state(reset_partial_state=True)
-        self.accelerator = Accelerator(
-            mixed_precision=mixed_precision,
-            gradient_accumulation_steps=recipe.train.accumulate,
-            cpu=not torch.cuda.is_available(),
-            step_scheduler_with_optimizer=False,
-            # non_blocking: host-to-device copies of pinned batches overlap the previous step's GPU work.
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed, non_blocking=torch.cuda.is_available()),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
-        if launched_world > 1 and self.accelerator.num_processes != launched_world:
-            raise CvengineError(f"launched with WORLD_SIZE={launched_world} but Accelerate joined {self.accelerator.num_processes} process(es); use `accelerate launch --multi_gpu` or `torchrun`")
+        self.mode = "min" if self.monitor.endswith("/loss") else self.task.mode
+        self.accelerator = build_accelerator(recipe.train)
         set_seed(recipe.train.seed)
 
         # Data first: a bad file fails here, before any run folder or MLflow run exists.
@@ -134,11 +62,15 @@ class Engine:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
         for split, index in self.indexes.items():
-            if index.class_names != reference.class_names or list(index.label_to_category_id) != list(reference.label_to_category_id):
+            if index.label_map != reference.label_map:
                 raise RecipeError(f"data.{split}.annotations ({index.annotations_path}) has other categories than {reference.annotations_path}; all splits need the same category list")
-        self.class_names = reference.class_names
+        self.label_map = reference.label_map
+        self.class_names = self.label_map.names
 
-        model, self.processor, self.model_family = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names, multi_label=recipe.model.multi_label)
+        model, self.processor, self.model_family, reinitialised = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names, multi_label=recipe.model.multi_label)
+        # A head just initialised at random predicts nothing meaningful: evaluate() refuses it until
+        # it has been trained or weights are loaded.
+        self.untrained_head = list(reinitialised)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
         self.model = self.accelerator.prepare(model)
         if recipe.train.compile:
@@ -146,7 +78,7 @@ class Engine:
 
         self.state = TrainState()
         self.accelerator.register_for_checkpointing(self.state)
-        self.run_dir, self.resume_from = self._resolve_run_dir(run_dir)
+        self.run_dir, self.resume_from = run_folder.resolve_run_dir(self.accelerator, recipe, self.model_family, run_dir)
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
         hooks = [LearningRateMonitor(), *callbacks, Progress(enabled=progress)]
@@ -159,64 +91,11 @@ class Engine:
         self.scheduler = None
         self.steps_per_epoch = 0
         self._loaders: dict = {}
-
-    # ------------------------------------------------------------------------------------------------
-    def _resolve_run_dir(self, run_dir) -> tuple[Path, Path | None]:
-        from accelerate.utils import broadcast_object_list
-
-        if run_dir is not None:
-            return Path(run_dir).resolve(), None
-        answer = [None]
-        if self.accelerator.is_main_process:
-            answer = [self._find_run_dir()]
-        broadcast_object_list(answer)
-        run_dir, resume_from = answer[0]
-        return run_dir, resume_from
-
-    def _find_run_dir(self) -> tuple[Path, Path | None]:
-        train, tracking = self.recipe.train, self.recipe.tracking
-        root = Path(train.output_dir).resolve() / tracking.experiment
-        if train.resume == "last":
-            if tracking.run_name:
-                candidates = [root / tracking.run_name]
-            else:
-                candidates = sorted((d for d in root.glob("*") if checkpoint_dir(d / "checkpoints" / "last").exists()), key=lambda d: d.stat().st_mtime)
-            last = checkpoint_dir(candidates[-1] / "checkpoints" / "last") if candidates else None
-            if last is None or not last.exists():
-                raise RecipeError(f"train.resume = 'last': no checkpoints/last under {root / (tracking.run_name or '*')}; train without resume first")
-            return candidates[-1], last
-        if train.resume:
-            path = Path(train.resume).resolve()
-            if not path.is_dir() or not any(path.glob("random_states_*.pkl")):
-                raise RecipeError(f"train.resume = '{train.resume}': not a checkpoint folder (expected RUN/checkpoints/last or best)")
-            return (path.parent.parent if path.parent.name == "checkpoints" else root / path.name), path
-        name = tracking.run_name or f"{self.model_family}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = root / name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if tracking.run_name:
-                raise RecipeError(f"run folder {run_dir} already exists; choose another tracking.run_name, or set train.resume = 'last' to continue it")
-            suffix = 1
-            while (root / f"{name}-{suffix}").exists():
-                suffix += 1
-            run_dir = root / f"{name}-{suffix}"
-        return run_dir, None
+        self._train_batches = None
 
     def resolved_recipe(self) -> Recipe:
         """The recipe as run: absolute paths and the actual run name, so it re-runs from anywhere."""
-        r = self.recipe
-        splits = {}
-        for split in ("train", "val", "test"):
-            section = getattr(r.data, split)
-            if section is not None:
-                splits[split] = attrs.evolve(section, images=r.resolve_path(section.images), annotations=r.resolve_path(section.annotations) if section.annotations else None)
-                if section.masks:
-                    splits[split] = attrs.evolve(splits[split], masks=r.resolve_path(section.masks))
-        if isinstance(r.data.labels, str):
-            splits["labels"] = r.resolve_path(r.data.labels)
-        data = attrs.evolve(r.data, root=None, **splits)
-        train = attrs.evolve(r.train, output_dir=str(Path(r.train.output_dir).resolve()), resume=None)
-        tracking = attrs.evolve(r.tracking, run_name=Path(self.run_dir).name)
-        return attrs.evolve(r, data=data, train=train, tracking=tracking)
+        return run_folder.resolved_recipe(self.recipe, self.run_dir)
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -234,15 +113,13 @@ class Engine:
                 num_workers=self.recipe.data.num_workers,
                 collate_fn=self.adapter.collate,
                 pin_memory=torch.cuda.is_available(),
-                worker_init_fn=_worker_init,
+                worker_init_fn=worker_init,
                 generator=torch.Generator().manual_seed(self.recipe.train.seed) if train else None,
             )
             self._loaders[key] = (dataset, self.accelerator.prepare(loader))
         return self._loaders[key]
 
     def _setup_training(self, train_batches=None) -> None:
-        from transformers import get_cosine_schedule_with_warmup
-
         if self.optimizer is not None:
             return
         if "train" not in self.indexes:
@@ -256,10 +133,10 @@ class Engine:
             self._loader("val", train=False)  # prepared now so that checkpoints restore every loader
         self.steps_per_epoch = math.ceil(batches_per_epoch / self.recipe.train.accumulate)
         total = self.steps_per_epoch * self.recipe.train.max_epochs
-        self.optimizer = self.accelerator.prepare(build_optimizer(self.model, self.recipe.train))
-        warmup = int(round(self.recipe.train.warmup_ratio * total))
-        # Sized by the real number of optimizer steps per rank; stepped by us on sync steps only.
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, total)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        optimizer = build_optimizer(unwrapped, self.recipe.train, self.adapter.backbone_parameter_names(unwrapped), self.recipe.model.name)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.train, total)
         self.accelerator.register_for_checkpointing(self.scheduler)
 
     def fit(self, train_batches=None) -> TrainState:
@@ -340,7 +217,7 @@ class Engine:
                 window_parts[k] = window_parts.get(k, 0) + v.detach()
             batches += 1
             window_batches += 1
-            timer.images += batch["pixels_uint8"].shape[0] * acc.num_processes
+            timer.images += len(batch["image_ids"]) * acc.num_processes
             if not acc.sync_gradients:
                 continue
             self.scheduler.step()
@@ -382,90 +259,63 @@ class Engine:
         history = self.state.history
         best_row = next((row for row in history if row["epoch"] == self.state.best_epoch), history[-1])
         data = {"monitor": self.monitor, "best_epoch": self.state.best_epoch, "best": best_row, "last": history[-1], "history": history}
-        _write_json(Path(self.run_dir) / "metrics.json", data)
+        write_json(Path(self.run_dir) / "metrics.json", data)
 
     # ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def evaluate(self, split: str = "val", predictions_path: str | os.PathLike | None = None) -> dict[str, float]:
-        """Metrics over the whole split (every rank's predictions gathered), on every rank."""
+        """Metrics over the whole split, on every rank: each rank scores its share of the images
+        into its evaluator's small mergeable state (confusion matrices, PQ sums, COCO result rows),
+        the main rank merges them; `<split>/loss` is the model's own loss on the split. With
+        `predictions_path` the task's predictions file is written there."""
         from accelerate.utils import broadcast_object_list, gather_object
 
         if split not in self.indexes:
             raise RecipeError(f"[data.{split}] is not in the recipe: cannot evaluate the {split} split")
+        if self.untrained_head and self.state.global_step == 0:
+            raise RecipeError(
+                f"model.name '{self.recipe.model.name}': its classification head was just initialised at random for the data set's classes "
+                f"({', '.join(self.untrained_head[:3])}{' …' if len(self.untrained_head) > 3 else ''}), so its predictions mean nothing; "
+                "evaluate a trained run folder, or a checkpoint whose id2label names the data set's classes"
+            )
         _, loader = self._loader(split, train=False)
         was_training = self.model.training
         self.model.eval()
-        predictions = []
+        evaluator = self.task.evaluator(self.indexes[split], predictions_path)
+        with_loss = self.adapter.loss_at_evaluation
+        loss_sum = torch.zeros((), device=self.accelerator.device)
+        batches = 0
         for batch in loader:
-            outputs = self.model(**self.adapter.model_inputs(batch, with_labels=False))
-            predictions.extend(self.adapter.postprocess(outputs, batch))
+            # With the labels: one forward gives the predictions and the split's loss.
+            outputs = self.model(**self.adapter.model_inputs(batch, with_labels=with_loss))
+            if with_loss:
+                loss_sum += self.adapter.loss(outputs)[0].detach().float()
+            batches += 1
+            evaluator.update(self.adapter.postprocess(outputs, batch))
         if was_training:
             self.model.train()
-        if self.accelerator.num_processes > 1:
-            predictions = gather_object(predictions)
+        mean_loss = self.accelerator.reduce(loss_sum / max(batches, 1), reduction="mean")
+        states = gather_object([evaluator.state()]) if self.accelerator.num_processes > 1 else [evaluator.state()]
         answer = [None]
         if self.accelerator.is_main_process:
-            evaluator = self.task.evaluator(self.indexes[split])
-            evaluator.update(predictions)
+            evaluator.merge(states)
             metrics = evaluator.compute()
             if split != "val":
                 metrics = {k.replace("val/", f"{split}/", 1): v for k, v in metrics.items()}
-            metrics[f"{split}/num_images"] = len(evaluator.predictions)
+            if with_loss:
+                metrics[f"{split}/loss"] = float(mean_loss.item())
+            metrics[f"{split}/num_images"] = evaluator.num_images
             if predictions_path is not None:
-                evaluator.write_predictions(str(predictions_path))
+                evaluator.write()
             answer = [metrics]
         broadcast_object_list(answer)
         return answer[0]
 
     def load_weights(self, checkpoint: str | os.PathLike) -> None:
         """Model weights from a checkpoint folder (`checkpoints/best`, `last`) or an exported `model/`."""
-        from safetensors.torch import load_file
-
-        path = checkpoint_dir(Path(checkpoint))
-        files = [path / "model.safetensors", path / "pytorch_model.bin"]
-        found = next((f for f in files if f.exists()), None)
-        if found is None:
-            raise CvengineError(f"{path}: no model.safetensors or pytorch_model.bin in this checkpoint folder")
-        weights = load_file(str(found)) if found.suffix == ".safetensors" else torch.load(found, map_location="cpu", weights_only=True)
-        model = self.accelerator.unwrap_model(self.model)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        # Tied weights are stored once; anything else missing means the checkpoint is of another model.
-        tied = set(getattr(model, "all_tied_weights_keys", {}) or {}) | set(getattr(model, "_tied_weights_keys", None) or [])
-        missing = [k for k in missing if k not in tied]
-        if unexpected or len(missing) > 0.5 * len(weights):
-            raise CvengineError(f"{found} does not match model '{self.recipe.model.name}': {len(missing)} missing, {len(unexpected)} unexpected keys")
+        run_folder.load_weights(self, checkpoint)
+        self.untrained_head = []
 
     def save_model(self, path: str | os.PathLike) -> None:
         """`path/` loadable with AutoModelFor….from_pretrained and AutoImageProcessor.from_pretrained."""
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.saving")
-            model = self.accelerator.unwrap_model(self.model)
-            model.save_pretrained(tmp)
-            self.processor.save_pretrained(tmp)
-            # Models with a text input (OneFormer) need their tokenizer at inference too.
-            if getattr(self.adapter, "tokenizer", None) is not None:
-                self.adapter.tokenizer.save_pretrained(tmp)
-            _write_json(tmp / "cvengine.json", self.model_metadata())
-            replace_dir(tmp, path)
-        self.accelerator.wait_for_everyone()
-
-    def model_metadata(self) -> dict:
-        """What inference needs beyond config.json: the task, and the way back from contiguous labels
-        to the data set's category ids (COCO ids may have gaps), saved as `cvengine.json`."""
-        reference = self.indexes.get("train") or next(iter(self.indexes.values()))
-        category_ids = getattr(reference, "label_to_category_id", None)
-        return {
-            "task": self.recipe.task,
-            "model_family": self.model_family,
-            "class_names": list(self.class_names),
-            "label_to_category_id": [int(c) for c in category_ids] if category_ids is not None else list(range(len(self.class_names))),
-            "categories": list(getattr(reference, "categories", None) or []),
-        }
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+        run_folder.save_model(self, path)

@@ -117,18 +117,19 @@ class _SignatureOf:
 
 class Predictor:
     """Images in, the task's predictions out (per image, original-image pixels, contiguous labels;
-    `metadata['label_to_category_id']` maps them back to the data set's category ids)."""
+    `label_map` maps them back to the data set's category ids and names)."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str | None = None, batch_size: int = 8):
-        from cvengine.adapters import adapter_class, load_config
+        from cvengine.adapters import adapter_class, auto_model_class, load_config
+        from cvengine.data.coco import LabelMap
         from cvengine.tasks import get_task
 
         self.model_dir = Path(model_dir)
         self.config = load_config(str(self.model_dir))
         self.metadata = read_metadata(self.model_dir, self.config)
         self.task = get_task(self.metadata["task"])
-        self.class_names = list(self.metadata["class_names"])
-        self.label_to_category_id = np.asarray(self.metadata["label_to_category_id"], dtype=np.int64)
+        self.label_map = LabelMap.from_metadata(self.metadata)
+        self.class_names = self.label_map.names
         self.batch_size = batch_size
         self.is_onnx = (self.model_dir / ONNX_FILE).exists()
         processor = _load_processor(self.model_dir)
@@ -138,15 +139,12 @@ class Predictor:
             self.model = OnnxModel(self.model_dir / ONNX_FILE, self.config)
             self.adapter = adapter_cls(_SignatureOf(self.model), processor)
         else:
-            from cvengine.adapters import _auto_model_class
-
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            model = _auto_model_class(self.metadata["task"]).from_pretrained(str(self.model_dir))
+            model = auto_model_class(self.metadata["task"], self.config.model_type).from_pretrained(str(self.model_dir))
             self.model = model.to(self.device).eval()
             self.adapter = adapter_cls(self.model, processor)
-        # Tasks whose post-processing needs more of the saved metadata (panoptic: stuff classes).
-        if hasattr(self.task, "prepare_predictor"):
-            self.task.prepare_predictor(self.adapter, self.metadata)
+        # Post-processing that needs more than the weights (panoptic: which classes are stuff).
+        self.task.prepare_predictor(self.adapter, self.label_map)
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None, batch_size: int = 8) -> "Predictor":

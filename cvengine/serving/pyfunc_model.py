@@ -107,7 +107,7 @@ class CvengineModel(PythonModel):
         predictor = self.predictor
         task = predictor.task
         return [
-            task.serving_output(task.filter_prediction(p, threshold), predictor.class_names, predictor.label_to_category_id)
+            task.serving_output(task.filter_prediction(p, threshold), predictor.label_map)
             for p in predictor.predict(images)
         ]
 

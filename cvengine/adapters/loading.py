@@ -1,0 +1,199 @@
+"""Loading a model (hub id or local folder) for a task, with a head sized for the data set's classes.
+
+A pretrained checkpoint's classification head is kept when it knows the data set's classes: when
+every class name of the data set is among the checkpoint's `id2label` names (any order, any subset,
+e.g. a COCO-pretrained DETR on COCO data), the head rows are taken by name. Otherwise the head is
+re-initialised for the data set's classes, and one line says which tensors were.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple
+
+from cvengine.errors import RecipeError
+
+log = logging.getLogger("cvengine")
+
+
+class LoadedModel(NamedTuple):
+    model: object
+    processor: object
+    model_type: str
+    # Names of the head tensors that were randomly initialised for the data set's classes (empty when
+    # the checkpoint's head was kept, or when the whole model is random: pretrained = false).
+    reinitialised: list
+
+
+def load_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        where = "local folder" if os.path.isdir(name) else "hub id"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"model.name '{name}' ({where}) could not be loaded: {first}") from None
+
+
+def _normalised(name) -> str:
+    return str(name).strip().lower()
+
+
+def checkpoint_label_rows(config, class_names: list[str]) -> list[int] | None:
+    """For each data set class, the row of the checkpoint's head that scores it (matched by name,
+    case and surrounding spaces ignored), or None when some class is unknown to the checkpoint."""
+    id2label = getattr(config, "id2label", None) or {}
+    by_name = {}
+    for i in sorted(int(k) for k in id2label):
+        by_name.setdefault(_normalised(id2label[i] if i in id2label else id2label[str(i)]), i)
+    rows = [by_name.get(_normalised(n)) for n in class_names]
+    return None if any(r is None for r in rows) else rows
+
+
+def _keep_head_rows(model, original, mismatched, rows: list[int], old_count: int, new_count: int) -> bool:
+    """Copy, into the re-sized head tensors of `model`, the rows of `original` (the checkpoint with its
+    own head) that score the data set's classes; extra trailing rows (DETR's "no object", RT-DETR's
+    denoising padding class) are kept as they are. False when a tensor does not fit that pattern."""
+    import torch
+
+    source = original.state_dict()
+    target = model.state_dict()
+    plans = []
+    for key, old_shape, new_shape in mismatched:
+        if key not in source or key not in target:
+            return False
+        dims = [d for d, (a, b) in enumerate(zip(old_shape, new_shape)) if a != b]
+        if len(old_shape) != len(new_shape) or len(dims) != 1:
+            return False
+        d = dims[0]
+        extra = old_shape[d] - old_count
+        if extra < 0 or new_shape[d] - new_count != extra:
+            return False
+        index = torch.tensor(rows + [old_count + j for j in range(extra)], dtype=torch.long)
+        plans.append((key, d, index))
+    with torch.no_grad():
+        for key, d, index in plans:
+            target[key].copy_(source[key].index_select(d, index))
+    return True
+
+
+def _is_generic(id2label: dict) -> bool:
+    """transformers' placeholder names (LABEL_0, LABEL_1, …): the checkpoint says nothing about its classes."""
+    return all(str(v) == f"LABEL_{int(k)}" for k, v in id2label.items())
+
+
+def _head_keys(auto, config, num_labels: int) -> dict[str, int]:
+    """{state-dict key: the dimension that grows with the number of classes} of the model's head,
+    found by building the architecture twice on the meta device (no memory, no weights) with
+    `num_labels` and `num_labels + 1` classes and comparing shapes."""
+    import copy
+
+    import torch
+
+    shapes = []
+    for n in (num_labels, num_labels + 1):
+        cfg = copy.deepcopy(config)
+        cfg.num_labels = n
+        with torch.device("meta"):
+            shapes.append({k: tuple(v.shape) for k, v in auto.from_config(cfg).state_dict().items()})
+    keys = {}
+    for key, shape in shapes[0].items():
+        other = shapes[1].get(key)
+        if other is not None and other != shape:
+            keys[key] = next(d for d, (a, b) in enumerate(zip(shape, other)) if a != b)
+    return keys
+
+
+def _same_size_head(model, auto, config, name: str, class_names: list[str]) -> list[str]:
+    """The checkpoint's head has as many classes as the data set: keep it when its class names are
+    the data set's (re-ordered by name if needed) or are placeholders; re-initialise it (transformers'
+    own initialisation of those modules) when they name other classes. Returns the re-initialised keys."""
+    import torch
+
+    id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    rows = checkpoint_label_rows(config, class_names)
+    if rows == list(range(len(class_names))) or _is_generic(id2label):
+        return []
+    heads = _head_keys(auto, config, len(class_names))
+    state = model.state_dict()
+    if rows is not None:
+        with torch.no_grad():
+            for key, d in heads.items():
+                extra = state[key].shape[d] - len(class_names)
+                index = torch.tensor(rows + [len(class_names) + j for j in range(extra)], dtype=torch.long, device=state[key].device)
+                state[key].copy_(state[key].index_select(d, index))
+        log.info(f"model.name '{name}': the checkpoint's head kept for the data set's classes, rows re-ordered by class name")
+        return []
+    with torch.no_grad():
+        for module_name in sorted({key.rsplit(".", 1)[0] for key in heads}):
+            module = model.get_submodule(module_name)
+            # transformers' initialisers skip tensors flagged as loaded from the checkpoint.
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                tensor._is_hf_initialized = False
+            model._init_weights(module)
+    return sorted(heads)
+
+
+def load_model(name: str, pretrained: bool, task: str, class_names: list[str], multi_label: bool = False) -> LoadedModel:
+    """(model, processor, config.model_type, re-initialised head tensors) for `name` (hub id or local
+    folder) with a head of len(class_names) classes, id2label set to the dataset's class names.
+    multi_label (classification only): sigmoid + binary cross-entropy over independent classes."""
+    from transformers import AutoImageProcessor
+
+    from cvengine.adapters import auto_model_class, get_family
+
+    config = load_config(name)
+    get_family(task, config.model_type, name)
+    id2label = {i: n for i, n in enumerate(class_names)}
+    label2id = {n: i for i, n in id2label.items()}
+    overrides = {"num_labels": len(class_names), "id2label": id2label, "label2id": label2id}
+    if multi_label:
+        if task != "classification":
+            raise RecipeError(f"model.multi_label = true applies to classification only, not {task}")
+        overrides["problem_type"] = "multi_label_classification"
+    elif task == "classification" and getattr(config, "problem_type", None) == "multi_label_classification":
+        overrides["problem_type"] = "single_label_classification"
+    if task == "classification" and config.model_type == "deit":
+        # Distilled DeiT checkpoints name their inference-only head (WithTeacher: no labels, no
+        # loss); the trainable head with the same backbone weights is DeiTForImageClassification.
+        overrides["architectures"] = ["DeiTForImageClassification"]
+    # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
+    if hasattr(config, "use_pretrained_backbone"):
+        overrides["use_pretrained_backbone"] = False
+    if config.model_type == "oneformer":
+        # Builds the text branch that its training loss needs (inference checkpoints leave it out).
+        overrides["is_training"] = True
+    auto = auto_model_class(task, config.model_type)
+    reinitialised: list = []
+    if pretrained:
+        model, info = auto.from_pretrained(name, ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
+        mismatched = list(info.get("mismatched_keys") or [])
+        if mismatched:
+            rows = checkpoint_label_rows(config, class_names)
+            kept = False
+            if rows is not None:
+                keep = {k: v for k, v in overrides.items() if k not in ("num_labels", "id2label", "label2id")}
+                original = auto.from_pretrained(name, **keep)
+                kept = _keep_head_rows(model, original, mismatched, rows, len(config.id2label), len(class_names))
+                del original
+            if kept:
+                log.info(f"model.name '{name}': the checkpoint's head kept for the data set's {len(class_names)} classes (rows taken by class name)")
+            else:
+                reinitialised = sorted(key for key, _, _ in mismatched)
+        else:
+            reinitialised = _same_size_head(model, auto, config, name, class_names)
+        if reinitialised:
+            log.warning(
+                f"model.name '{name}': head re-initialised for the data set's {len(class_names)} classes (the checkpoint's "
+                f"{len(config.id2label)} classes do not include them all): {', '.join(reinitialised[:6])}{' …' if len(reinitialised) > 6 else ''}"
+            )
+    else:
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        model = auto.from_config(config)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"model.name '{name}': no image processor (preprocessor_config.json) could be loaded: {str(err).splitlines()[0]}") from None
+    return LoadedModel(model, processor, config.model_type, reinitialised)

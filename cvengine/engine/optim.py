@@ -1,0 +1,46 @@
+"""The optimizer and the learning-rate schedule of a run."""
+from __future__ import annotations
+
+import torch
+
+from cvengine.errors import RecipeError
+
+
+def parameter_groups(model: torch.nn.Module, train, backbone_names: set[str]) -> list[dict]:
+    """AdamW groups: backbone parameters (`backbone_names`, the adapter's) at lr × backbone_lr_mult,
+    the rest at lr; no weight decay on biases and norms (parameters of one dimension)."""
+    mult = 1.0 if train.backbone_lr_mult is None else train.backbone_lr_mult
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name in backbone_names, param.ndim <= 1), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": train.lr * (mult if is_backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else train.weight_decay,
+            "name": ("backbone" if is_backbone else "head") + ("_no_decay" if no_decay else ""),
+        }
+        for (is_backbone, no_decay), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, train, backbone_names: set[str], model_name: str = "") -> torch.optim.Optimizer:
+    """AdamW over `parameter_groups`. A `train.backbone_lr_mult` for a model in which the adapter finds
+    no backbone is an error: it would silently do nothing."""
+    if train.backbone_lr_mult is not None and not backbone_names:
+        raise RecipeError(f"train.backbone_lr_mult = {train.backbone_lr_mult}: model '{model_name}' has no backbone parameters to scale; remove the key")
+    groups = parameter_groups(model, train, backbone_names)
+    # The fused kernel is ~3x faster than the per-parameter loop on CPU and faster on CUDA too.
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=train.lr, fused=fused or None)
+
+
+def build_scheduler(optimizer, train, total_steps: int):
+    """Linear warm-up over train.warmup_ratio of the optimizer steps, then cosine decay to 0. Sized by
+    the real number of optimizer steps per rank; the loop steps it on sync steps only."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup = int(round(train.warmup_ratio * total_steps))
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)

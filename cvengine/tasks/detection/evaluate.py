@@ -1,0 +1,47 @@
+"""Detection evaluation: COCO bbox AP/AR (pycocotools) of a whole split against the ORIGINAL
+annotations file (crowd regions included, so that pycocotools treats them as crowd)."""
+from __future__ import annotations
+
+from cvengine.tasks.detection import results
+
+
+class DetectionEvaluator:
+    """Per rank: `update` with that rank's predictions, then `state()`; on the main rank `merge` every
+    rank's state and `compute` / `write`. The state is the predictions themselves (at most 100 boxes
+    per image), keyed by image id so that the repeats that pad the last batch across ranks collapse."""
+
+    def __init__(self, index, predictions_path=None):
+        self.index = index
+        self.predictions_path = predictions_path
+        self.predictions: dict[int, dict] = {}
+
+    def update(self, predictions: list[dict]) -> None:
+        for p in predictions:
+            self.predictions[int(p["image_id"])] = {k: p[k] for k in ("image_id", "boxes_xyxy_abs", "scores", "labels")}
+
+    def state(self) -> dict:
+        return self.predictions
+
+    def merge(self, states: list[dict]) -> None:
+        for state in states:
+            self.predictions.update(state)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.predictions)
+
+    def records(self) -> list[dict]:
+        """COCO results of every image, in image id order (the predictions file's rows)."""
+        position = {int(iid): i for i, iid in enumerate(self.index.image_ids)}
+        label_map = self.index.label_map
+        return [r for iid in sorted(self.predictions) for r in results.records(self.predictions[iid], iid, self.index.file_names[position[iid]], label_map)]
+
+    def compute(self) -> dict[str, float]:
+        from cvengine.metrics.coco import evaluate_coco
+
+        # The rows written to the predictions file are the rows scored: metrics from the file equal these.
+        stats = evaluate_coco(self.index.coco(), self.records(), iou_type="bbox")
+        return {f"val/{k}": float(v) for k, v in stats.items()}
+
+    def write(self) -> None:
+        results.write(self.predictions_path, self.records())
