@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from cvengine.data.check import check_dataset
+from cvengine.data.validate import check_dataset
 from cvengine.data.demo import load_digit_scans, make_demo, scan_pools
 from cvengine.data.stats import dataset_stats
 from cvengine.errors import DataError
@@ -304,6 +304,29 @@ def test_stats_counts_crowd_empty_images_and_text(corrupt_copy):
     assert stats["num_crowd"] == 1 and stats["num_instances"] == len(data["annotations"]) - 1
     text = run_cli("stats", ann, check_rc=0).stdout
     assert "64  (2 without annotations)" in text and "1 crowd" in text
+
+
+def test_stats_detects_the_layout_as_check_does(tmp_path):
+    """A COCO classification file (no bbox) and an ImageFolder give class counts, not an error."""
+    coco = make_demo(tmp_path / "coco", task="classification", num_train=12, num_val=2)["splits"]["train"]
+    data = json.loads(Path(coco["annotations"]).read_text())
+    data["annotations"] = [{"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"]} for a in data["annotations"]]
+    write_json(Path(coco["annotations"]), data)
+    stats = json.loads(run_cli("stats", coco["annotations"], "--json", check_rc=0).stdout)
+    assert stats["layout"] == "coco-classification" and stats["num_images"] == len(data["images"]) == 12
+    per_class = Counter(a["category_id"] for a in data["annotations"])
+    assert {c["id"]: c["images"] for c in stats["classes"]} == {c["id"]: per_class.get(c["id"], 0) for c in data["categories"]}
+    unused = len(data["categories"]) - len(per_class)
+    out = run_cli("check", coco["annotations"], "--images", coco["images"], check_rc=0).stdout
+    assert f"0 errors, {unused} warnings" in out and (unused == 0 or f"{unused}  warning: unused category" in out)
+
+    folders = make_demo(tmp_path / "folders", task="classification", num_train=12, num_val=2, layout="imagefolder")["splits"]["train"]
+    images = Path(folders["images"])
+    stats = dataset_stats(images)
+    assert stats["layout"] == "image-folder" and stats["num_images"] == len(list(images.glob("*/*.jpg"))) == 12
+    assert {c["name"]: c["images"] for c in stats["classes"]} == {d.name: len(list(d.glob("*.jpg"))) for d in images.iterdir() if d.is_dir()}
+    text = run_cli("stats", images, check_rc=0).stdout
+    assert "image-folder" in text and "12  (0 without a class, 0 with several)" in text
 
 
 def test_stats_bad_path_exit_2(tmp_path):

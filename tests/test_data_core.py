@@ -28,6 +28,22 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.abs(out.astype(int) - expected.astype(int)).mean() < 4
 
 
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
+def test_header_size_is_the_size_read_image_returns(fmt, tmp_path):
+    """Training validates sizes from headers only: for every EXIF orientation the header size must be
+    the decoded size (TIFFs come oriented from Pillow already, PNGs keep eXIf before the pixels)."""
+    from cvengine.data.validate import image_header_size
+
+    for orientation in range(1, 9):
+        path = tmp_path / f"{orientation}.{fmt}"
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(_gradient(20, 40)).save(path, exif=exif)
+        expected = (40, 20) if orientation >= 5 else (20, 40)
+        assert read_image(str(path)).shape[:2] == expected
+        assert image_header_size(str(path)) == expected, orientation
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P"])
 def test_modes_become_8bit_rgb(mode, tmp_path):
     rgb = Image.fromarray(_gradient())

@@ -4,7 +4,8 @@
     python -m cvengine.data check data/demo/train/annotations.json --images data/demo/train/images
     python -m cvengine.data stats data/demo/train/annotations.json --json
 
-`check` exits 1 when it finds errors (warnings alone: 0); a path that cannot be opened exits 2.
+`check` exits 1 when it finds errors (warnings alone: 0); a path that cannot be opened exits 2. It
+prints each error (at most --max-per-kind of a kind) and each kind of warning once, with its count.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import json
 import os
 
 from cvengine.cli import run_cli
+from cvengine.data.validate import DECODE_MODES
+from cvengine.tasks import TASKS
 from cvengine.errors import DataError
 
 
@@ -31,44 +34,19 @@ def _demo(args) -> int:
     return 0
 
 
-def _check_folders(args) -> int:
-    """ANNOTATIONS is a folder: semantic PNG masks (with --masks and --labels) or ImageFolder."""
-    from cvengine.data.check_tasks import check_image_folder, check_mask_folder
-
-    if args.masks:
-        from cvengine.data.masks import read_class_names
-
-        if not args.labels:
-            raise DataError("checking a mask folder needs --labels FILE (class names by label id) to know the valid label ids")
-        num_classes = len(read_class_names(args.labels, where="--labels"))
-        report = check_mask_folder(args.annotations, args.masks, num_classes, args.ignore_index, args.reduce_labels, workers=args.workers)
-    else:
-        report = check_image_folder(args.annotations, workers=args.workers)
-    for line in report.lines(max_per_kind=args.max_per_kind):
-        print(line)
-    print(report.summary())
-    return 0 if report.ok else 1
-
-
 def _check(args) -> int:
-    from cvengine.data.check import check_dataset
+    from cvengine.data.validate import check
 
-    if os.path.isdir(args.annotations):
-        return _check_folders(args)
     images_dir = args.images
-    if images_dir is None:
+    if images_dir is None and not os.path.isdir(args.annotations) and args.decode != "none":
         images_dir = os.path.join(os.path.dirname(os.path.abspath(args.annotations)), "images")
         if not os.path.isdir(images_dir):
-            raise DataError(f"images folder not found: {images_dir} (pass --images DIR)")
-    from cvengine.data.check_panoptic import check_panoptic, looks_panoptic
-
-    if args.masks or looks_panoptic(args.annotations):
-        # COCO panoptic: the PNG folder defaults to the json's name without .json (COCO's layout).
-        masks_dir = args.masks or os.path.splitext(os.path.abspath(args.annotations))[0]
-        report = check_panoptic(args.annotations, images_dir, masks_dir, workers=args.workers)
-    else:
-        report = check_dataset(args.annotations, images_dir, workers=args.workers)
-    for line in report.lines(max_per_kind=args.max_per_kind):
+            raise DataError(f"images folder not found: {images_dir} (pass --images DIR, or --decode none to open no image)")
+    report = check(
+        args.annotations, images_dir, masks=args.masks, labels=args.labels, task=args.task, decode=args.decode, workers=args.workers,
+        ignore_index=args.ignore_index, reduce_labels=args.reduce_labels, multi_label=True if args.multi_label else None,
+    )
+    for line in report.lines(max_per_kind=args.max_per_kind, every_warning=args.all_warnings):
         print(line)
     print(report.summary())
     return 0 if report.ok else 1
@@ -77,7 +55,7 @@ def _check(args) -> int:
 def _stats(args) -> int:
     from cvengine.data.stats import dataset_stats, render_stats
 
-    stats = dataset_stats(args.annotations)
+    stats = dataset_stats(args.annotations, masks_dir=args.masks)
     print(json.dumps(stats, indent=2) if args.json else render_stats(stats))
     return 0
 
@@ -95,23 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layout", default="coco", help="coco (default), or imagefolder for classification: images/<class>/<file>")
     demo.set_defaults(handler=_demo)
 
-    check = sub.add_parser("check", help="validate a COCO instances file and decode every image it lists")
+    check = sub.add_parser("check", help="validate a data set (COCO, COCO panoptic, ImageFolder, PNG masks) and read every image it lists")
     check.add_argument("annotations", metavar="ANNOTATIONS")
     check.add_argument("--images", metavar="DIR", help="images folder (default: 'images' beside ANNOTATIONS)")
-    check.add_argument("--workers", type=int, default=None, help="threads decoding images (default: cores, at most 8)")
+    check.add_argument("--workers", type=int, default=None, help="threads reading images (default: cores, at most 8)")
     check.add_argument("--masks", metavar="DIR", help="COCO panoptic: folder of segment PNGs (default: ANNOTATIONS without .json)")
+    check.add_argument(
+        "--task", choices=TASKS, default=None,
+        help="check with this task's rules (a segmentation per annotation; classification: no bbox needed); default: detected from the file",
+    )
+    check.add_argument(
+        "--decode", choices=DECODE_MODES, default="full",
+        help="full: decode every image (default); header: sizes and EXIF orientation only, as training does; none: open no image file",
+    )
+    check.add_argument("--multi-label", action="store_true", help="classification: images may have several classes, or none")
     # ANNOTATIONS may be a folder: an ImageFolder (images/<class>/…), or with --masks and --labels
     # the images of a semantic segmentation data set whose label PNGs lie in --masks.
     check.add_argument("--labels", metavar="FILE", help="semantic PNG masks: class names by label id (JSON list/object or one per line)")
     check.add_argument("--ignore-index", type=int, default=255, help="semantic PNG masks: the value of unlabelled pixels (default 255)")
     check.add_argument("--reduce-labels", action="store_true", help="semantic PNG masks: 0 is ignored and v means class v-1 (ADE20K)")
     check.add_argument(
-        "--max-per-kind", type=int, default=50, metavar="N", help="print at most N lines per kind of problem (0: all; default 50)"
+        "--max-per-kind", type=int, default=50, metavar="N", help="print at most N error lines per kind of problem (0: all; default 50)"
     )
+    check.add_argument("--all-warnings", action="store_true", help="print every warning (default: each kind once, with its count and first example)")
     check.set_defaults(handler=_check)
 
-    stats = sub.add_parser("stats", help="class counts, box and image size distributions of a COCO instances file")
-    stats.add_argument("annotations", metavar="ANNOTATIONS")
+    stats = sub.add_parser("stats", help="class counts, box / segment and image size distributions of a COCO, COCO panoptic or ImageFolder data set")
+    stats.add_argument("annotations", metavar="ANNOTATIONS", help="a COCO or COCO panoptic json, or an ImageFolder folder")
+    stats.add_argument("--masks", metavar="DIR", help="COCO panoptic: folder of segment PNGs for pixel counts (default: ANNOTATIONS without .json, when present)")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(handler=_stats)
     return parser

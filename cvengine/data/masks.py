@@ -75,6 +75,8 @@ def encode_mask(mask: np.ndarray) -> dict:
 # look (crowd regions, the data set's ignore value).
 
 IGNORE = 255
+# The class of every pixel no instance covers, when label maps are painted from COCO instances.
+BACKGROUND = "background"
 
 
 def paint_semantic_map(segmentations: list, labels, iscrowd, height: int, width: int, background: int = 0, where: str = "") -> np.ndarray:

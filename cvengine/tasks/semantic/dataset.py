@@ -17,10 +17,9 @@ import numpy as np
 from cvengine.data.coco import CocoIndex, LabelMap, read_json
 from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import IMAGE_EXTENSIONS
-from cvengine.data.masks import IGNORE, paint_semantic_map, read_label_png, remap_png_labels
+from cvengine.data.masks import BACKGROUND, IGNORE, paint_semantic_map, read_label_png, remap_png_labels
 from cvengine.errors import DataError
 
-BACKGROUND = "background"
 
 
 class SemanticIndex:
