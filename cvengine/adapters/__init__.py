@@ -6,12 +6,13 @@ registry-driven tests then train a tiny model of it through the whole path.
 """
 from __future__ import annotations
 
-from cvengine.adapters import classification, detr, mask_classification, oneformer, semantic
+from cvengine.adapters import classification, detr, lw_detr, mask_classification, oneformer, semantic
 from cvengine.adapters.base import Adapter, Family
 from cvengine.errors import RecipeError
 
 FAMILY_MODULES = (
     detr,
+    lw_detr,
     classification,
     semantic,
     mask_classification,

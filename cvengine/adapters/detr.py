@@ -21,6 +21,14 @@ from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack, resize
 MAX_DETECTIONS = 100
 
 
+def detr_targets(sample: Sample) -> dict:
+    """{"class_labels": (N,) int64, "boxes": (N, 4) float32 cxcywh normalised by the sample's image size}."""
+    h, w = sample.image.shape[:2]
+    b = sample.boxes_xyxy_abs
+    cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=1) if len(b) else np.zeros((0, 4), np.float32)
+    return {"class_labels": torch.from_numpy(sample.labels.astype(np.int64)), "boxes": torch.from_numpy(cxcywh.astype(np.float32))}
+
+
 class DetrFamilyAdapter(Adapter):
     """Samples -> model inputs, and model outputs -> predictions in ORIGINAL-image pixels."""
 
@@ -43,12 +51,7 @@ class DetrFamilyAdapter(Adapter):
         image_sizes = [tuple(s.image.shape[:2]) for s in samples]
         input_sizes = [self.resize.input_hw(h, w) for h, w in image_sizes]
         pixels, pixel_mask = pad_stack([s.image for s in samples], self.pad_multiple)
-        labels = []
-        for s in samples:
-            h, w = s.image.shape[:2]
-            b = s.boxes_xyxy_abs
-            cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=1) if len(b) else np.zeros((0, 4), np.float32)
-            labels.append({"class_labels": torch.from_numpy(s.labels.astype(np.int64)), "boxes": torch.from_numpy(cxcywh.astype(np.float32))})
+        labels = [detr_targets(s) for s in samples]
         return {
             "pixels_uint8": pixels,  # (B, 3, H, W) uint8
             "pixel_mask": pixel_mask,  # (B, H, W) uint8
@@ -174,12 +177,31 @@ def tiny_rt_detr_v2():
     return config, T.RTDetrImageProcessorPil(size={"height": 128, "width": 128})
 
 
-def tiny_d_fine():
+def _tiny_d_fine_like(config_class):
+    """D-FINE and DEIMv2 (D-FINE's decoder trained with DEIM's matching): an HGNetV2 backbone."""
     import transformers as T
 
     backbone = T.HGNetV2Config(stem_channels=[3, 8, 8], stage_in_channels=[8, 16, 32, 64], stage_mid_channels=[8, 8, 16, 16], stage_out_channels=[16, 32, 64, 128], stage_num_blocks=[1] * 4, stage_numb_of_layers=[1] * 4, hidden_sizes=[16, 32, 64, 128], depths=[1] * 4, out_features=["stage2", "stage3", "stage4"])
-    config = T.DFineConfig(backbone_config=backbone, encoder_in_channels=[32, 64, 128], decoder_layers=2, decoder_n_points=[3, 6, 3], depth_mult=0.34, hidden_expansion=0.5, **_RT_DETR_COMMON)
+    config = config_class(backbone_config=backbone, encoder_in_channels=[32, 64, 128], decoder_layers=2, decoder_n_points=[3, 6, 3], depth_mult=0.34, hidden_expansion=0.5, **_RT_DETR_COMMON)
     return config, T.RTDetrImageProcessorPil(size={"height": 128, "width": 128})
+
+
+def tiny_d_fine():
+    import transformers as T
+
+    return _tiny_d_fine_like(T.DFineConfig)
+
+
+def tiny_deimv2():
+    import transformers as T
+
+    return _tiny_d_fine_like(T.Deimv2Config)
+
+
+def tiny_table_transformer():
+    import transformers as T
+
+    return T.TableTransformerConfig(backbone_config=tiny_resnet(["stage3"]), **_DETR_COMMON), T.DetrImageProcessorPil(size=_SHORT_EDGE)
 
 
 FAMILIES = [
@@ -190,5 +212,7 @@ FAMILIES = [
     Family("rt_detr", "detection", DetrFamilyAdapter, tiny_rt_detr),
     Family("rt_detr_v2", "detection", DetrFamilyAdapter, tiny_rt_detr_v2),
     Family("d_fine", "detection", DetrFamilyAdapter, tiny_d_fine),
+    Family("deimv2", "detection", DetrFamilyAdapter, tiny_deimv2),
+    Family("table-transformer", "detection", DetrFamilyAdapter, tiny_table_transformer),
     Family("yolos", "detection", DetrFamilyAdapter, tiny_yolos),
 ]

@@ -110,19 +110,25 @@ class MaskClassificationAdapter(Adapter):
 
 class InstanceSegmentationAdapter(MaskClassificationAdapter):
     task = "instance_segmentation"
+    # Final score = class probability x mean mask probability inside the mask (Mask2Former's paper).
+    mask_rescoring = True
+
+    @staticmethod
+    def query_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Q, C) class probabilities ("no object" left out) and (B, Q, h, w) mask logits."""
+        return outputs.class_queries_logits.float().softmax(-1)[..., :-1], outputs.masks_queries_logits
 
     def postprocess(self, outputs, batch: dict) -> list[dict]:
         """-> per image {image_id, rles (list of COCO RLE, counts str), boxes_xyxy_abs (N, 4),
         scores (N,), labels (N,)}, at most MAX_DETECTIONS, in original-image pixels."""
         from pycocotools import mask as mask_utils
 
-        class_logits = outputs.class_queries_logits.float()  # (B, Q, C + 1)
-        masks_logits = outputs.masks_queries_logits  # (B, Q, h, w)
+        class_probs, masks_logits = self.query_outputs(outputs)  # (B, Q, C), (B, Q, h, w)
         padded_hw = batch["pixels_uint8"].shape[-2:]
         predictions = []
         for b, image_id in enumerate(batch["image_ids"].tolist()):
-            num_queries, num_classes = class_logits.shape[1], class_logits.shape[2] - 1
-            scores = class_logits[b].softmax(-1)[:, :-1]  # (Q, C)
+            num_queries, num_classes = class_probs.shape[1], class_probs.shape[2]
+            scores = class_probs[b]  # (Q, C)
             k = min(MAX_DETECTIONS, num_queries * num_classes)
             top_scores, top_index = scores.flatten().topk(k)  # (k,): a query may appear with several classes
             query = top_index // num_classes
@@ -132,13 +138,14 @@ class InstanceSegmentationAdapter(MaskClassificationAdapter):
             # Only the top-k queries' masks are upsampled to the original size, a few at a time: all
             # Q of them at once would take Q x H x W floats (1.6 GB at Cityscapes size, 200 queries).
             kept_queries, position = torch.unique(query, return_inverse=True)
-            rles_of_query, mask_score_of_query = [], torch.zeros(len(kept_queries), device=scores.device)
+            rles_of_query, mask_score_of_query = [], torch.ones(len(kept_queries), device=scores.device)
             for start in range(0, len(kept_queries), UPSAMPLE_CHUNK):
                 chunk = kept_queries[start : start + UPSAMPLE_CHUNK]
                 logits = self._mask_logits_original(masks_logits[b][chunk], padded_hw, input_hw, orig_hw)  # (n, H, W)
                 binary = logits > 0
                 # Mask score: mean mask probability inside the predicted mask (Mask2Former's paper).
-                mask_score_of_query[start : start + len(chunk)] = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+                if self.mask_rescoring:
+                    mask_score_of_query[start : start + len(chunk)] = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
                 rles_of_query.extend(mask_utils.encode(np.asfortranarray(binary.cpu().numpy().astype(np.uint8).transpose(1, 2, 0))))
             final = (top_scores * mask_score_of_query[position]).cpu().numpy()
             order = np.argsort(-final, kind="stable")
