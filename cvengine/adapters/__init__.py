@@ -6,7 +6,7 @@ registry-driven tests then train a tiny model of it through the whole path.
 """
 from __future__ import annotations
 
-from cvengine.adapters import classification, detr, lw_detr, mask_classification, oneformer, semantic
+from cvengine.adapters import classification, classifiers, detr, lw_detr, mask_classification, oneformer, semantic
 from cvengine.adapters.base import Adapter, Family
 from cvengine.errors import RecipeError
 
@@ -14,6 +14,7 @@ FAMILY_MODULES = (
     detr,
     lw_detr,
     classification,
+    classifiers,
     semantic,
     mask_classification,
     oneformer,

@@ -34,8 +34,8 @@ class DetrFamilyAdapter(Adapter):
 
     task = "detection"
     auto_model = "AutoModelForObjectDetection"
-    # The CNN backbone of the DETR line; YOLOS's whole ViT.
-    backbone_prefixes = ("model.backbone.", "vit.")
+    # The CNN backbone of the DETR line; DEIMv2's backbone (HGNetV2 or DINOv3); YOLOS's whole ViT.
+    backbone_prefixes = ("model.backbone.", "model.conv_encoder.model.", "vit.")
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)

@@ -16,6 +16,10 @@ from cvengine.errors import RecipeError
 log = logging.getLogger("cvengine")
 
 
+# Families whose checkpoints may name a head without a loss, and the trainable head to load instead.
+TRAINABLE_HEAD = {"deit": "DeiTForImageClassification", "levit": "LevitForImageClassification"}
+
+
 class LoadedModel(NamedTuple):
     model: object
     processor: object
@@ -154,10 +158,10 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
         overrides["problem_type"] = "multi_label_classification"
     elif task == "classification" and getattr(config, "problem_type", None) == "multi_label_classification":
         overrides["problem_type"] = "single_label_classification"
-    if task == "classification" and config.model_type == "deit":
-        # Distilled DeiT checkpoints name their inference-only head (WithTeacher: no labels, no
-        # loss); the trainable head with the same backbone weights is DeiTForImageClassification.
-        overrides["architectures"] = ["DeiTForImageClassification"]
+    if task == "classification" and config.model_type in TRAINABLE_HEAD:
+        # Distilled DeiT / LeViT checkpoints name their inference-only head (WithTeacher: no labels,
+        # no loss); the trainable head with the same backbone weights is *ForImageClassification.
+        overrides["architectures"] = [TRAINABLE_HEAD[config.model_type]]
     # The checkpoint (or random init) provides every weight: never fetch separate backbone weights.
     if hasattr(config, "use_pretrained_backbone"):
         overrides["use_pretrained_backbone"] = False

@@ -32,7 +32,8 @@ class RfDetrInstanceAdapter(InstanceSegmentationAdapter):
     class score alone (RF-DETR's own post-processing: no mask rescoring)."""
 
     auto_model = "AutoModelForInstanceSegmentation"
-    backbone_prefixes = LwDetrAdapter.backbone_prefixes
+    # The detector sits at `model.` inside the segmentation model.
+    backbone_prefixes = ("model.model.backbone.backbone.",)
     mask_rescoring = False
 
     def __init__(self, model, processor, image_size: int | None = None):

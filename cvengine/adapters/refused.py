@@ -40,6 +40,7 @@ REFUSED: dict[tuple[str, str], str] = {
     # -- classification -------------------------------------------------------------------------------
     ("classification", "shieldgemma2"): f"{_NEEDS_TEXT}: a Gemma 3 safety checker answering yes/no to policy prompts",
     ("classification", "imagegpt"): "takes colour-cluster token ids (input_ids from its 512-colour quantiser), not pixel_values: a generative pixel language model",
+    ("classification", "siglip2"): "NaFlex vision tower: takes patch sequences with pixel_attention_mask and spatial_shapes from its own processor, not a batch of resized images",
     ("classification", "dinat"): "needs the `natten` neighbourhood-attention kernels package at run time (transformers requires_backends), a compiled extension tied to specific torch builds",
     ("classification", "pp_lcnet"): "no loss in transformers (its forward takes no labels): an inference port of PaddleOCR's orientation / table classifiers",
     # -- segmentation ---------------------------------------------------------------------------------
