@@ -6,7 +6,7 @@ registry-driven tests then train a tiny model of it through the whole path.
 """
 from __future__ import annotations
 
-from cvengine.adapters import classification, classifiers, detr, lw_detr, mask_classification, oneformer, semantic
+from cvengine.adapters import classification, classifiers, detr, lw_detr, mask_classification, oneformer, segmenters, semantic
 from cvengine.adapters.base import Adapter, Family
 from cvengine.errors import RecipeError
 
@@ -16,6 +16,7 @@ FAMILY_MODULES = (
     classification,
     classifiers,
     semantic,
+    segmenters,
     mask_classification,
     oneformer,
 )
