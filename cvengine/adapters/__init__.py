@@ -6,7 +6,7 @@ registry-driven tests then train a tiny model of it through the whole path.
 """
 from __future__ import annotations
 
-from cvengine.adapters import classification, classifiers, detr, lw_detr, mask_classification, oneformer, segmenters, semantic
+from cvengine.adapters import classification, classifiers, detr, detr_segmentation, eomt, lw_detr, mask_classification, oneformer, segmenters, semantic
 from cvengine.adapters.base import Adapter, Family
 from cvengine.errors import RecipeError
 
@@ -18,6 +18,8 @@ FAMILY_MODULES = (
     semantic,
     segmenters,
     mask_classification,
+    eomt,
+    detr_segmentation,
     oneformer,
 )
 

@@ -4,10 +4,9 @@ DETR (13 query groups in training, 1 at inference). Detection uses the DETR line
 sigmoid top-k post-processing (`DetrFamilyAdapter`); RF-DETR's segmentation head adds one mask per
 query:
 
-  labels:  per image {"class_labels": (N,) int64, "boxes": (N, 4) cxcywh normalised by the unpadded
-           input size, "masks": (N, H, W) float 0/1 at the PADDED input size}: the loss samples
-           points with normalised coordinates on both the target masks and `pred_masks`, which
-           cover the padded input.
+  labels:  DETR-style targets with masks (detr_segmentation.py). Masks stay at the PADDED input
+           size: the loss samples points with normalised coordinates on both the target masks
+           and `pred_masks`, which cover the padded input.
   outputs: logits (B, Q, C) (sigmoid, no "no object" class), pred_boxes (B, Q, 4),
            pred_masks (B, Q, H/4, W/4) at a quarter of the padded input.
 """
@@ -16,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from cvengine.adapters.base import Family
-from cvengine.adapters.detr import DetrFamilyAdapter, detr_targets
+from cvengine.adapters.detr import DetrFamilyAdapter
+from cvengine.adapters.detr_segmentation import DetrMaskTargets
 from cvengine.adapters.mask_classification import InstanceSegmentationAdapter
-from cvengine.data.dataset import Sample
 
 
 class LwDetrAdapter(DetrFamilyAdapter):
@@ -27,7 +26,7 @@ class LwDetrAdapter(DetrFamilyAdapter):
     backbone_prefixes = ("model.backbone.backbone.",)
 
 
-class RfDetrInstanceAdapter(InstanceSegmentationAdapter):
+class RfDetrInstanceAdapter(DetrMaskTargets, InstanceSegmentationAdapter):
     """Samples -> RF-DETR segmentation inputs; outputs -> instance predictions ranked by the sigmoid
     class score alone (RF-DETR's own post-processing: no mask rescoring)."""
 
@@ -35,26 +34,6 @@ class RfDetrInstanceAdapter(InstanceSegmentationAdapter):
     # The detector sits at `model.` inside the segmentation model.
     backbone_prefixes = ("model.model.backbone.backbone.",)
     mask_rescoring = False
-
-    def __init__(self, model, processor, image_size: int | None = None):
-        super().__init__(model, processor, image_size)
-        # The windowed ViT needs sides divisible by patch size x windows, which the processor's size
-        # already is: pad only to what the processor asks for.
-        self.pad_multiple = int(getattr(processor, "size_divisor", None) or 1)
-
-    def collate(self, samples: list[Sample]) -> dict:
-        batch = super().collate(samples)
-        batch["labels"] = [{**detr_targets(s), "masks": masks} for s, masks in zip(samples, batch["mask_labels"])]
-        return batch
-
-    def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
-        inputs = super().model_inputs(batch, with_labels=False)
-        if with_labels:
-            device = inputs["pixel_values"].device
-            inputs["labels"] = [{k: v.to(device) for k, v in target.items()} for target in batch["labels"]]
-        return inputs
-
-    loss = staticmethod(DetrFamilyAdapter.loss)
 
     @staticmethod
     def query_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
