@@ -94,6 +94,31 @@ class AugmentSection:
     transforms: list = attrs.Factory(list)
 
 
+SCHEDULES = ("cosine", "linear", "step", "multistep", "constant")
+
+
+@attrs.define
+class SchedulerSection:
+    """The learning rate after train.warmup_ratio of linear warm-up, as a function of the step."""
+
+    # cosine: half-cosine from lr to lr x min_lr_ratio over the remaining steps; linear: straight line
+    # to 0; step: x gamma every step_size epochs; multistep: x gamma at each epoch of milestones;
+    # constant: lr.
+    name: str = attrs.field(default="cosine", validator=_one_of(SCHEDULES))
+    min_lr_ratio: float = attrs.field(default=0.0, validator=_non_negative)
+    step_size: Optional[int] = attrs.field(default=None, validator=_positive)
+    milestones: Optional[list] = None
+    gamma: float = attrs.field(default=0.1, validator=_positive)
+
+    def __attrs_post_init__(self):
+        if self.name == "step" and self.step_size is None:
+            raise RecipeError("name = 'step' needs step_size (epochs between decays)")
+        if self.name == "multistep" and not self.milestones:
+            raise RecipeError("name = 'multistep' needs milestones (epochs at which lr is multiplied by gamma)")
+        if self.milestones is not None and (not all(isinstance(m, int) and m > 0 for m in self.milestones) or sorted(self.milestones) != self.milestones):
+            raise RecipeError(f"milestones must be increasing positive epoch numbers; got {self.milestones}")
+
+
 @attrs.define
 class TrainSection:
     max_epochs: int = attrs.field(default=10, validator=_positive)
@@ -102,6 +127,7 @@ class TrainSection:
     # Backbone parameters (as the model family's adapter names them) learn at lr × this; empty: at lr.
     backbone_lr_mult: Optional[float] = attrs.field(default=None, validator=_non_negative)
     warmup_ratio: float = attrs.field(default=0.0, validator=_non_negative)
+    scheduler: SchedulerSection = attrs.Factory(SchedulerSection)
     precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
     # Max global gradient norm; 0 disables clipping.
     grad_clip: float = attrs.field(default=0.1, validator=_non_negative)

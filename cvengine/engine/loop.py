@@ -136,7 +136,7 @@ class Engine:
         unwrapped = self.accelerator.unwrap_model(self.model)
         optimizer = build_optimizer(unwrapped, self.recipe.train, self.adapter.backbone_parameter_names(unwrapped), self.recipe.model.name)
         self.optimizer = self.accelerator.prepare(optimizer)
-        self.scheduler = build_scheduler(self.optimizer, self.recipe.train, total)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.train, total, self.steps_per_epoch)
         self.accelerator.register_for_checkpointing(self.scheduler)
 
     def fit(self, train_batches=None) -> TrainState:

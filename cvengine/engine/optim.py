@@ -37,10 +37,30 @@ def build_optimizer(model: torch.nn.Module, train, backbone_names: set[str], mod
     return torch.optim.AdamW(groups, lr=train.lr, fused=fused or None)
 
 
-def build_scheduler(optimizer, train, total_steps: int):
-    """Linear warm-up over train.warmup_ratio of the optimizer steps, then cosine decay to 0. Sized by
-    the real number of optimizer steps per rank; the loop steps it on sync steps only."""
-    from transformers import get_cosine_schedule_with_warmup
+def build_scheduler(optimizer, train, total_steps: int, steps_per_epoch: int = 1):
+    """Linear warm-up over train.warmup_ratio of the optimizer steps, then train.scheduler. Sized by
+    the real number of optimizer steps per rank; the loop steps it on sync steps only. Epoch-based
+    decays (step, multistep) happen after steps_per_epoch x epochs optimizer steps."""
+    import transformers
 
+    schedule = train.scheduler
     warmup = int(round(train.warmup_ratio * total_steps))
-    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    if schedule.name == "cosine" and schedule.min_lr_ratio > 0:
+        return transformers.get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps, min_lr_rate=schedule.min_lr_ratio)
+    if schedule.name == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    if schedule.name == "linear":
+        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    if schedule.name == "constant":
+        return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+    if schedule.name == "step":
+        milestones = [epoch * steps_per_epoch for epoch in range(schedule.step_size, train.max_epochs + 1, schedule.step_size)]
+    else:
+        milestones = [epoch * steps_per_epoch for epoch in schedule.milestones]
+
+    def factor(step: int) -> float:
+        # The same linear warm-up as transformers' schedules: 0 at step 0, lr at step `warmup`.
+        warm = step / max(1, warmup) if step < warmup else 1.0
+        return warm * schedule.gamma ** sum(step >= m for m in milestones)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
