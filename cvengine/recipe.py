@@ -120,6 +120,20 @@ class SchedulerSection:
 
 
 @attrs.define
+class EmaSection:
+    """An exponential moving average of the weights (RT-DETR's ModelEMA): after each optimizer step,
+    ema = d x ema + (1 - d) x weights with d = decay x (1 - exp(-updates / warmup)), so that the
+    average follows the weights closely in the first ~warmup updates."""
+
+    decay: float = attrs.field(default=0.9999, validator=_positive)
+    warmup: int = attrs.field(default=2000, validator=_positive)
+
+    def __attrs_post_init__(self):
+        if not self.decay < 1.0:
+            raise RecipeError(f"decay must be below 1; got {self.decay}")
+
+
+@attrs.define
 class TrainSection:
     max_epochs: int = attrs.field(default=10, validator=_positive)
     lr: float = attrs.field(default=1e-4, validator=_positive)
@@ -128,6 +142,8 @@ class TrainSection:
     backbone_lr_mult: Optional[float] = attrs.field(default=None, validator=_non_negative)
     warmup_ratio: float = attrs.field(default=0.0, validator=_non_negative)
     scheduler: SchedulerSection = attrs.Factory(SchedulerSection)
+    # Evaluate, checkpoint as best and export an exponential moving average of the weights; empty: off.
+    ema: Optional[EmaSection] = None
     precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
     # Max global gradient norm; 0 disables clipping.
     grad_clip: float = attrs.field(default=0.1, validator=_non_negative)

@@ -26,6 +26,8 @@ from cvengine.errors import CvengineError, RecipeError
 log = logging.getLogger("cvengine")
 
 MODEL_METADATA = "cvengine.json"
+# Checkpoint sub-folder of the tensors of stateful hooks (EMA's average, ...), one file per hook class.
+CALLBACKS_DIR = "callbacks"
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -139,7 +141,9 @@ def save_model(engine, path) -> None:
     if acc.is_main_process:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.saving")
-        acc.unwrap_model(engine.model).save_pretrained(tmp)
+        # A hook that keeps other weights for inference (EMA) gives them; else the model's own.
+        exported = next((h.export_state_dict() for h in engine.hooks if hasattr(h, "export_state_dict")), None)
+        acc.unwrap_model(engine.model).save_pretrained(tmp, state_dict=exported)
         engine.adapter.save(tmp)
         write_json(tmp / MODEL_METADATA, model_metadata(engine))
         replace_dir(tmp, path)
@@ -157,6 +161,10 @@ def load_weights(engine, checkpoint) -> None:
     if found is None:
         raise CvengineError(f"{path}: no model.safetensors or pytorch_model.bin in this checkpoint folder")
     weights = load_file(str(found)) if found.suffix == ".safetensors" else torch.load(found, map_location="cpu", weights_only=True)
+    averaged = path / CALLBACKS_DIR / "EMA.safetensors"
+    if averaged.exists():
+        # A run trained with EMA is evaluated and exported on the average, not the raw weights.
+        weights = {k[len("averaged."):]: v for k, v in load_file(str(averaged)).items() if k.startswith("averaged.")}
     model = engine.accelerator.unwrap_model(engine.model)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied weights are stored once; anything else missing means the checkpoint is of another model.
@@ -170,6 +178,33 @@ def load_weights(engine, checkpoint) -> None:
 # The hook
 
 
+def _stateful_hooks(engine) -> list:
+    return [h for h in engine.hooks if hasattr(h, "checkpoint_tensors") and hasattr(h, "load_checkpoint_tensors")]
+
+
+def save_callback_tensors(engine, folder) -> None:
+    """`folder/callbacks/<ClassName>.safetensors` for every hook with checkpoint_tensors() (main process)."""
+    from safetensors.torch import save_file
+
+    if not engine.accelerator.is_main_process:
+        return
+    for hook in _stateful_hooks(engine):
+        target = Path(folder) / CALLBACKS_DIR / f"{type(hook).__name__}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in hook.checkpoint_tensors().items()}, str(target))
+
+
+def load_callback_tensors(engine, folder) -> None:
+    """Hand every hook with load_checkpoint_tensors() its tensors saved in `folder`, on the model's device."""
+    from safetensors.torch import load_file
+
+    for hook in _stateful_hooks(engine):
+        source = Path(folder) / CALLBACKS_DIR / f"{type(hook).__name__}.safetensors"
+        if not source.exists():
+            raise CvengineError(f"{folder}: no {CALLBACKS_DIR}/{source.name} for the {type(hook).__name__} hook of this run; resume with the recipe the checkpoint was written with")
+        hook.load_checkpoint_tensors(load_file(str(source), device=str(engine.accelerator.device)))
+
+
 class CheckpointHook(Callback):
     def __init__(self, save_best: bool = True, save_last: bool = True):
         self.save_best = save_best
@@ -178,6 +213,7 @@ class CheckpointHook(Callback):
     def on_fit_start(self, engine, state):
         if engine.resume_from is not None:
             engine.accelerator.load_state(str(engine.resume_from))
+            load_callback_tensors(engine, engine.resume_from)
             state.should_stop = False
             state.status = "RUNNING"
             log.info(f"resumed from {engine.resume_from} at epoch {state.epoch}, step {state.global_step}")
@@ -194,6 +230,7 @@ class CheckpointHook(Callback):
                 shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        save_callback_tensors(engine, tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
             if self.save_best and state.improved:

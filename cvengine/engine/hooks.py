@@ -1,7 +1,8 @@
 """Hook objects: the only extension points of the loop.
 
 The engine calls, in this order:
-  on_fit_start → (on_epoch_start → on_step_end* [on_log] → on_eval_end → on_epoch_end)* → on_fit_end
+  on_fit_start → (on_epoch_start → on_step_end* [on_log] → [on_eval_start → on_eval_end] → on_epoch_end)*
+  → on_fit_end
 Hooks read the engine's public attributes (recipe, accelerator, model, run_dir) and talk back only
 through `state` (e.g. `state.should_stop = True`).
 """
@@ -12,6 +13,7 @@ import math
 import time
 
 import attrs
+import torch
 
 log = logging.getLogger("cvengine")
 
@@ -51,6 +53,9 @@ class Callback:
 
     def on_log(self, engine, state: TrainState, logs: dict) -> None:
         """Every `train.log_every_steps` optimizer steps, with averaged losses, lr and images/s."""
+
+    def on_eval_start(self, engine, state: TrainState) -> None:
+        """Before the evaluation that ends an epoch (every train.eval_every_epochs)."""
 
     def on_eval_end(self, engine, state: TrainState, metrics: dict) -> None: ...
 
@@ -141,3 +146,70 @@ class Timer:
     def rate(self) -> float:
         elapsed = time.perf_counter() - self.start
         return self.images / elapsed if elapsed > 0 else 0.0
+
+
+class EMA(Callback):
+    """An exponential moving average of the model's weights (RT-DETR's / D-FINE's ModelEMA): after
+    every optimizer step, for each floating-point tensor of the state dict,
+        ema = d x ema + (1 - d) x weight,   d = decay x (1 - exp(-updates / warmup)),
+    other tensors (integer buffers) copied. Evaluation during training runs on the average (swapped
+    in at on_eval_start, out at on_eval_end, so checkpoints keep the training weights) and the
+    exported model holds it. Its tensors travel with every checkpoint (checkpoint_tensors), so a
+    resumed run continues the same average."""
+
+    def __init__(self, decay: float = 0.9999, warmup: int = 2000):
+        self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
+        self.averaged: dict | None = None  # state-dict key -> tensor, on the model's device
+        self._training_weights: dict | None = None
+
+    @staticmethod
+    def _model(engine):
+        return engine.accelerator.unwrap_model(engine.model)
+
+    def on_fit_start(self, engine, state):
+        if self.averaged is None:
+            self.averaged = {k: v.detach().clone() for k, v in self._model(engine).state_dict().items()}
+
+    def current_decay(self) -> float:
+        return self.decay * (1.0 - math.exp(-self.updates / self.warmup))
+
+    @torch.no_grad()
+    def on_step_end(self, engine, state):
+        self.updates += 1
+        d = self.current_decay()
+        for key, value in self._model(engine).state_dict().items():
+            average = self.averaged[key]
+            if average.is_floating_point():
+                average.mul_(d).add_(value.detach().to(average.dtype), alpha=1.0 - d)
+            else:
+                average.copy_(value)
+
+    def on_eval_start(self, engine, state):
+        model = self._model(engine)
+        self._training_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.averaged)
+
+    def on_eval_end(self, engine, state, metrics):
+        if self._training_weights is not None:
+            self._model(engine).load_state_dict(self._training_weights)
+            self._training_weights = None
+
+    def export_state_dict(self) -> dict:
+        """The weights the exported model holds: the average."""
+        return self.averaged
+
+    def checkpoint_tensors(self) -> dict:
+        tensors = {f"averaged.{k}": v.detach().contiguous().clone() for k, v in self.averaged.items()}
+        tensors["updates"] = torch.tensor(self.updates, dtype=torch.int64)
+        return tensors
+
+    def load_checkpoint_tensors(self, tensors: dict) -> None:
+        self.updates = int(tensors["updates"])
+        loaded = {k[len("averaged."):]: v for k, v in tensors.items() if k.startswith("averaged.")}
+        if self.averaged is None:
+            self.averaged = loaded
+        else:
+            for key, average in self.averaged.items():
+                average.copy_(loaded[key])

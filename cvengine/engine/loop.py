@@ -23,7 +23,7 @@ from cvengine.adapters import adapter_class, load_model
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json
 from cvengine.engine.devices import build_accelerator, worker_init
-from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
+from cvengine.engine.hooks import EMA, EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook
 from cvengine.errors import RecipeError
@@ -82,6 +82,8 @@ class Engine:
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
         hooks = [LearningRateMonitor(), *callbacks, Progress(enabled=progress)]
+        if recipe.train.ema is not None:
+            hooks.append(EMA(recipe.train.ema.decay, recipe.train.ema.warmup))
         if recipe.train.early_stopping_patience > 0:
             hooks.append(EarlyStopping(recipe.train.early_stopping_patience))
         hooks.append(CheckpointHook() if checkpoint == DEFAULT else checkpoint)
@@ -164,6 +166,7 @@ class Engine:
                     break
                 state.evaluated = (epoch + 1) % self.recipe.train.eval_every_epochs == 0 or epoch + 1 == self.recipe.train.max_epochs
                 if state.evaluated:
+                    self._call("on_eval_start")
                     metrics = self.evaluate("val") if "val" in self.indexes else {}
                     self._update_best(metrics)
                     self._call("on_eval_end", metrics)
