@@ -27,18 +27,37 @@ METADATA_FILE = "cvengine.json"
 ONNX_FILE = "model.onnx"
 
 
+# The task of a model folder saved by other tools (a hub checkpoint), from its head class, as the
+# Hugging Face pipelines pick one: universal segmentation models answer with panoptic segments.
+TASK_OF_HEAD = (
+    ("ForObjectDetection", "detection"),
+    ("ForImageClassification", "classification"),
+    ("ForSemanticSegmentation", "semantic_segmentation"),
+    ("ForInstanceSegmentation", "instance_segmentation"),
+    ("ForUniversalSegmentation", "panoptic_segmentation"),
+    ("DetrForSegmentation", "panoptic_segmentation"),
+)
+
+
+def task_of_architecture(config) -> str | None:
+    architectures = getattr(config, "architectures", None) or []
+    return next((task for head, task in TASK_OF_HEAD for arch in architectures if arch.endswith(head)), None)
+
+
 def read_metadata(model_dir: Path, config) -> dict:
-    """cvengine.json of a model folder; for a folder without one (saved by other tools), the task
-    from the architecture name and the labels of config.json with category id = label."""
+    """cvengine.json of a model folder; for a folder without one (a hub checkpoint, or saved by other
+    tools), the task from the architecture name and the labels of config.json (id2label) with
+    category id = label id."""
     path = model_dir / METADATA_FILE
     if path.exists():
         return json.loads(path.read_text())
-    architectures = " ".join(getattr(config, "architectures", None) or [])
-    if "ForObjectDetection" not in architectures:
+    task = task_of_architecture(config)
+    if task is None:
+        architectures = " ".join(getattr(config, "architectures", None) or [])
         raise CvengineError(f"{model_dir}: no {METADATA_FILE}; cannot tell the task of a '{architectures or config.model_type}' model. Use the model/ folder a cvengine run wrote")
     names = [config.id2label[i] for i in sorted(config.id2label)]
-    log.warning(f"{model_dir}: no {METADATA_FILE}; category ids are taken to equal the model's label ids")
-    return {"task": "detection", "model_family": config.model_type, "class_names": names, "label_to_category_id": list(range(len(names))), "categories": []}
+    log.warning(f"{model_dir}: no {METADATA_FILE}; {task} model, category ids are taken to equal the model's label ids")
+    return {"task": task, "model_family": config.model_type, "class_names": names, "label_to_category_id": list(range(len(names))), "categories": []}
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
@@ -48,6 +67,8 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     if "://" in text or text.startswith(("runs:/", "models:/")):
         return _download_mlflow_model(text)
     path = Path(text)
+    if not path.exists() and _looks_like_hub_id(text):
+        path = _download_hub_model(text)
     if path.is_dir() and (path / "recipe.toml").exists() and (path / "model").is_dir():
         path = path / "model"
     if not path.is_dir():
@@ -55,6 +76,22 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     if not (path / "config.json").exists():
         raise CvengineError(f"{path} holds no config.json: not a model folder (give a run folder, its model/ folder or an ONNX export folder)")
     return path
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _download_hub_model(repo_id: str) -> Path:
+    """The local snapshot of a Hugging Face hub model (config, weights, processor)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise CvengineError(f"model '{repo_id}' is neither a local folder nor a reachable Hugging Face hub model: {str(err).splitlines()[0]}") from None
 
 
 def _download_mlflow_model(uri: str) -> Path:
