@@ -28,6 +28,25 @@ class AnyBackboneClassificationAdapter(ImageClassificationAdapter):
         return {name for name, p in model.named_parameters() if name in other and other[name].shape == p.shape}
 
 
+class LevitClassificationAdapter(AnyBackboneClassificationAdapter):
+    """LeViT's processor resizes the shortest edge to int(256 / 224 x size.shortest_edge), then
+    centre-crops to crop_size: the same rule with the scaled edge."""
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        import copy
+
+        from cvengine.data.transforms import ResizePolicy
+
+        # The parent applies (and writes back) a data.image_size override first.
+        super().__init__(model, processor, image_size)
+        size = processor.size
+        shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+        if shortest:
+            scaled = copy.copy(processor)
+            scaled.size = {"shortest_edge": int((256 / 224) * shortest)}
+            self.resize = ResizePolicy.from_processor(scaled)
+
+
 _SIDE = CLASSIFICATION_SIDE
 _SQUARE = {"height": _SIDE, "width": _SIDE}
 _VIT = dict(image_size=_SIDE, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -113,4 +132,4 @@ def tiny_classifier(family: str):
 _CLASSIFIERS = ("bit", "cvt", "data2vec-vision", "dinov2_with_registers", "donut-swin", "focalnet", "hgnet_v2", "hiera", "ijepa", "levit", "mobilenet_v1", "mobilevitv2",
                 "poolformer", "pvt", "pvt_v2", "regnet", "segformer", "swiftformer", "swinv2", "textnet", "vit_msn", "clip", "metaclip_2", "siglip", "perceiver")
 # siglip2 is refused (see refused.py): its NaFlex inputs are patch sequences, not an image batch.
-FAMILIES = [Family(name, "classification", AnyBackboneClassificationAdapter, functools.partial(tiny_classifier, name)) for name in _CLASSIFIERS]
+FAMILIES = [Family(name, "classification", LevitClassificationAdapter if name == "levit" else AnyBackboneClassificationAdapter, functools.partial(tiny_classifier, name)) for name in _CLASSIFIERS]
