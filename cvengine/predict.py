@@ -25,15 +25,27 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
+def _hidden(relative: Path) -> bool:
+    """True for files under dot-folders or dot-files (`.ipynb_checkpoints/`, `._x.jpg` from macOS)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images and videos, sorted, not recursive) and globs -> files, in order."""
+    """Files, folders (their images and videos, sorted, sub-folders included) and globs -> files, in order.
+
+    Folders are searched recursively because COCO `file_name`s often carry sub-folders
+    (`images/train/0001.jpg`): a data set's own images folder must be predictable as it is.
+    """
     files: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and p.is_file() and not _hidden(p.relative_to(path))
+            )
             if not found:
-                raise DataError(f"{path}: no images or videos in this folder")
+                raise DataError(f"{path}: no images or videos in this folder or its sub-folders")
             files.extend(found)
         elif path.is_file():
             files.append(path)
