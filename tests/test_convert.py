@@ -255,3 +255,42 @@ def test_hf_datasets_folder(tmp_path):
     assert run.returncode == 2 and "--bbox-format xywh" in run.stderr and "Traceback" not in run.stderr
     missing = run_module("cvengine.data", "convert", tmp_path / "nope", tmp_path / "o2", "--from", "hf-datasets")
     assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+def test_recipe_split_may_name_a_hf_datasets_folder(tmp_path, monkeypatch, tiny_model):
+    """data.<split>.images = a save_to_disk folder: the same COCO loader, index and training loop."""
+    from accelerate.state import AcceleratorState
+
+    from cvengine.engine.loop import Engine
+    from cvengine.recipe import load_recipe
+    from cvengine.tasks import get_task
+
+    monkeypatch.setenv("CVENGINE_CACHE", str(tmp_path / "cache"))
+    boxes, sizes, names = _source(6)
+    files = list(boxes)
+    _hf_dataset_dict(boxes, sizes, names, {"train": files[:4], "validation": files[4:]}).save_to_disk(str(tmp_path / "hf"))
+    recipe = load_recipe({
+        "task": "detection",
+        "model": {"name": tiny_model("detection", "rt_detr", num_labels=len(names)), "pretrained": True},
+        "data": {"root": str(tmp_path), "batch_size": 2, "num_workers": 0, "image_size": 64, "train": {"images": "hf"}, "val": {"images": "hf"}},
+        "augment": {"enabled": False},
+        "train": {"max_epochs": 1, "output_dir": str(tmp_path / "runs")},
+    })
+    task = get_task("detection")
+    index = task.load_index(recipe, "val")
+    assert [index.label_map.names[k] for k in range(len(names))] == names
+    for i, name in enumerate(files[4:]):
+        got_boxes, got_labels = index.targets(i)
+        want = sorted(boxes[name])
+        have = sorted(zip([names[k] for k in got_labels], *np.asarray(got_boxes).T))
+        assert [h[0] for h in have] == [w[0] for w in want]
+        np.testing.assert_allclose(np.array([h[1:] for h in have]), np.array([w[1:] for w in want]), atol=1e-4)
+        assert (int(index.widths[i]), int(index.heights[i])) == sizes[name]
+    cached = Path(index.annotations_path)
+    stamp = cached.stat().st_mtime_ns
+    assert task.load_index(recipe, "val").annotations_path == str(cached) and cached.stat().st_mtime_ns == stamp
+    AcceleratorState._reset_state(reset_partial_state=True)
+    engine = Engine(recipe, tracker=None, progress=False)
+    engine.fit()
+    metrics = json.loads((Path(engine.run_dir) / "metrics.json").read_text())
+    assert "val/map" in json.dumps(metrics)

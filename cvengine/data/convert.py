@@ -430,7 +430,7 @@ def _hf_category_names(features) -> Optional[list]:
     return list(category.names) if hasattr(category, "names") else None
 
 
-def hf_to_split(dataset, bbox_format: str = "xywh", where: str = "dataset") -> ConvertedSplit:
+def hf_to_split(dataset, bbox_format: str = "xywh", where: str = "dataset", fix: str = "pass --bbox-format {other}") -> ConvertedSplit:
     """A `datasets.Dataset` with `image` and `objects{bbox, category}` columns -> ConvertedSplit.
 
     `bbox` is COCO [x, y, w, h] in absolute pixels in cppe-5 and most detection sets on the hub
@@ -468,7 +468,7 @@ def hf_to_split(dataset, bbox_format: str = "xywh", where: str = "dataset") -> C
             other = "xyxy" if bbox_format == "xywh" else "xywh"
             raise DataError(
                 f"{where}: row {row_index}: box {objects['bbox'][int(np.flatnonzero(bad)[0])]} read as {bbox_format} leaves the"
-                f" {width}x{height} image; if the boxes are [{', '.join(other)}], pass --bbox-format {other}"
+                f" {width}x{height} image; if the boxes are [{', '.join(other)}], {fix.format(other=other)}"
             )
         max_label = max(max_label, int(labels.max()) if len(labels) else -1)
         items.append(ConvertedImage(
@@ -508,6 +508,49 @@ def read_hf(source: str, bbox_format: str = "xywh") -> dict[Optional[str], Conve
         # Hub split names: "validation" is what every cvengine recipe calls "val".
         return {("val" if name == "validation" else name): hf_to_split(ds, bbox_format, f"{source} [{name}]") for name, ds in loaded.items()}
     return {None: hf_to_split(loaded, bbox_format, source)}
+
+
+def is_hf_dataset_folder(path: str) -> bool:
+    """A folder written by `Dataset.save_to_disk` (state.json) or `DatasetDict.save_to_disk`."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, marker)) for marker in ("state.json", "dataset_dict.json"))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CVENGINE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvengine")
+
+
+def hf_split_as_coco(folder: str, split: str) -> tuple[str, str]:
+    """A recipe's `data.<split>.images` naming a Hugging Face datasets folder -> (annotations.json,
+    images folder) for the ordinary COCO loader.
+
+    The loader, evaluation and reports read image files and a COCO json, so the split is written once,
+    keyed by the dataset's fingerprint, under the cache folder ($CVENGINE_CACHE, else
+    ~/.cache/cvengine): image bytes as stored, boxes as COCO xywh. A changed dataset has a new
+    fingerprint and is converted again. For a DatasetDict the recipe's split name picks the split
+    ("val" also finds "validation")."""
+    import datasets
+
+    loaded = load_hf_dataset(folder)
+    where = f"{folder}"
+    if isinstance(loaded, datasets.DatasetDict):
+        names = [split, *(["validation"] if split == "val" else [])]
+        name = next((n for n in names if n in loaded), None)
+        if name is None:
+            raise DataError(f"{folder}: no '{split}' split in this Hugging Face dataset (splits: {', '.join(loaded)}); point data.{split}.images at one split's folder")
+        loaded, where = loaded[name], f"{folder} [{name}]"
+    target = cache_root() / "hf-datasets" / loaded._fingerprint
+    annotations = target / "annotations.json"
+    if not annotations.is_file():
+        fix = f"convert the dataset with python -m cvengine.data convert {folder} DST --from hf-datasets --bbox-format {{other}} and point the recipe at DST"
+        converted = hf_to_split(loaded, "xywh", where, fix)
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        write_coco(converted, partial)
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process finished the same conversion first
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(annotations), str(target / "images")
 
 
 # --------------------------------------------------------------------------- entry point

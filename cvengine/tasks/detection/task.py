@@ -18,9 +18,15 @@ class DetectionTask(Task):
         from cvengine.data.coco import CocoIndex
 
         section = self.split_section(recipe, split, "images and annotations")
+        images = recipe.resolve_path(section.images)
         if not section.annotations:
-            raise RecipeError(f"data.{split}.annotations is required for {self.name}")
-        return CocoIndex.load(recipe.resolve_path(section.annotations), recipe.resolve_path(section.images))
+            from cvengine.data.convert import hf_split_as_coco, is_hf_dataset_folder
+
+            if is_hf_dataset_folder(images):
+                # A Hugging Face datasets folder (image + objects{bbox, category}) instead of COCO files.
+                return CocoIndex.load(*hf_split_as_coco(images, split))
+            raise RecipeError(f"data.{split}.annotations is required for {self.name} (or data.{split}.images naming a Hugging Face datasets folder)")
+        return CocoIndex.load(recipe.resolve_path(section.annotations), images)
 
     def build_dataset(self, recipe, index, adapter, train: bool):
         from cvengine.tasks.detection.dataset import CocoDetectionDataset
