@@ -88,7 +88,7 @@ def predict_with_ray(model: str, files: list[Path], out_dir: Path, threshold: fl
     ]
     started = not ray.is_initialized()
     if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         gpus, cpus = _cluster_resources(ray)
         size = actors or (gpus if gpus else cpus)
@@ -96,6 +96,11 @@ def predict_with_ray(model: str, files: list[Path], out_dir: Path, threshold: fl
         per_actor = {"num_gpus": 1} if gpus else {"num_cpus": max(1, cpus // size)}
         threads = None if gpus else max(1, cpus // size)
         log.info(f"Ray Data: {len(items)} images, {size} actor(s), {'1 GPU' if gpus else f'{threads} CPU'} each")
+        # One line of ours instead of Ray Data's per-operator progress and execution plan lines.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
         dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), size * 4)))
         results = dataset.map_batches(
             PredictActor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
