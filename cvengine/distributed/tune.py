@@ -178,10 +178,10 @@ def tune_recipe(recipe: Recipe, local_num_cpus: int | None = None) -> TuneSummar
 
     import mlflow
 
-    from cvengine.engine.tracking import tracking_uri
+    from cvengine.engine.tracking import set_experiment, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(base_recipe))
-    mlflow.set_experiment(base_recipe.tracking.experiment)
+    set_experiment(base_recipe.tracking.experiment)
     with mlflow.start_run(run_name=study) as parent:
         mlflow.log_params({"tune.metric": metric, "tune.mode": mode, "tune.num_samples": settings.num_samples, "tune.scheduler": settings.scheduler, "tune.search": settings.search})
         mlflow.log_dict(settings.space, "tune_space.json")
