@@ -11,19 +11,28 @@ import tomli_w
 from conftest import detection_recipe, run_module
 
 
-@pytest.mark.timeout(600)
-def test_artifacts_beside_the_store_and_per_class_ap_tracked(tiny_model, demo_detection, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    output = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def trained(tiny_model, demo_detection, tmp_path_factory):
+    """One tracked run with a registered model, started from another folder than its output_dir's:
+    (folder holding runs/ = the default output_dir, the run's output, the folder it started in)."""
+    root = tmp_path_factory.mktemp("tracked")
+    output = root / "runs"
     recipe = detection_recipe(demo_detection, tiny_model("detection", "rt_detr"), output, max_epochs=1)
     recipe["tracking"].update({"log_model": True, "registered_model": "digits"})
-    recipe_file = tmp_path / "recipe.toml"
+    recipe_file = root / "recipe.toml"
     recipe_file.write_text(tomli_w.dumps(recipe))
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = root / "elsewhere"
     elsewhere.mkdir()
     result = run_module("cvengine.run", recipe_file, "--no-progress", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
+    return root, output, elsewhere, result
+
+
+@pytest.mark.timeout(600)
+def test_artifacts_beside_the_store_and_per_class_ap_tracked(trained, demo_detection):
+    from mlflow.tracking import MlflowClient
+
+    _, output, elsewhere, result = trained
     # Nothing in the folder the run was started from.
     assert list(elsewhere.iterdir()) == []
 
@@ -49,3 +58,48 @@ def test_artifacts_beside_the_store_and_per_class_ap_tracked(tiny_model, demo_de
     # ... and left out of the one-line epoch summary.
     epoch_lines = [line for line in (result.stdout + result.stderr).splitlines() if "epoch 1:" in line]
     assert epoch_lines and not any("val/ap/" in line for line in epoch_lines)
+
+
+@pytest.mark.timeout(300)
+def test_models_uri_resolves_in_the_default_store_without_settings(trained, demo_detection):
+    """`python -m cvengine.serve --model models:/digits@champion` as typed, from the folder whose
+    runs/mlflow.db holds it (the default train.output_dir), with no MLFLOW_TRACKING_URI."""
+    import base64
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import REPO
+
+    tmp_path = trained[0]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cvengine.serve", "--model", "models:/digits@champion", "--port", str(port)],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert time.time() < deadline, "the server did not answer /health in 120 s"
+                time.sleep(1)
+        image = base64.b64encode(sorted((demo_detection / "val" / "images").glob("*.jpg"))[0].read_bytes()).decode()
+        body = json.dumps({"inputs": {"image": [image]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            predictions = json.loads(answer.read())["predictions"]
+        assert len(predictions) == 1 and len(predictions[0]["boxes_xyxy"]) == len(predictions[0]["scores"]) > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

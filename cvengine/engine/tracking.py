@@ -24,6 +24,21 @@ def tracking_uri(recipe) -> str:
     return recipe.tracking.uri or default_tracking_uri(recipe.train.output_dir)
 
 
+DEFAULT_OUTPUT_DIR = "runs"
+
+
+def store_for_uris(explicit: str | None = None) -> str | None:
+    """The MLflow store that models:/ and runs:/ URIs are looked up in: `explicit` (a --tracking-uri
+    flag), else MLFLOW_TRACKING_URI, else the store a recipe with the default train.output_dir
+    writes (./runs/mlflow.db) when it exists here. None: MLflow's own default."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    local = os.path.join(DEFAULT_OUTPUT_DIR, "mlflow.db")
+    return default_tracking_uri(DEFAULT_OUTPUT_DIR) if os.path.isfile(local) else None
+
+
 def local_artifact_root(uri: str) -> str | None:
     """Where a local sqlite store's artifacts belong: `mlartifacts/` beside the .db file, so that a
     run folder's store and its artifacts (logged models included) move and delete together. MLflow's
