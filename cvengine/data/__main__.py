@@ -24,6 +24,14 @@ from cvengine.errors import DataError
 def _demo(args) -> int:
     from cvengine.data.demo import make_demo
 
+    if os.path.isdir(args.out_dir) and any(os.scandir(args.out_dir)):
+        if not args.overwrite:
+            raise DataError(f"{args.out_dir} is not empty: choose an empty folder, or pass --overwrite to replace the demo's train/ and val/ in it")
+        import shutil
+
+        # Only the folders the demo writes: a smaller demo must not leave the larger one's images behind.
+        for split in ("train", "val"):
+            shutil.rmtree(os.path.join(args.out_dir, split), ignore_errors=True)
     result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, layout=args.layout)
     height, width = result["canvas"]
     print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} categories) in {result['out_dir']}")
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-train", type=int, default=64, help="train images (default: 64)")
     demo.add_argument("--num-val", type=int, default=16, help="val images (default: 16)")
     demo.add_argument("--layout", default="coco", help="coco (default), or imagefolder for classification: images/<class>/<file>")
+    demo.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing its train/ and val/ folders")
     demo.set_defaults(handler=_demo)
 
     check = sub.add_parser("check", help="validate a data set (COCO, COCO panoptic, ImageFolder, PNG masks) and read every image it lists")
