@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -144,6 +145,7 @@ def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, 
 
     from cvengine.serving.predictor import Predictor
 
+    started = time.perf_counter()
     files = expand_inputs(inputs)
     out_dir = Path(output)
     rendered_dir = out_dir / "rendered"
@@ -153,17 +155,26 @@ def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, 
     if backend == "ray":
         from cvengine.distributed.batch import predict_with_ray
 
-        return predict_with_ray(model, files, out_dir, threshold=threshold, batch_size=batch_size, render=render, draw_threshold=draw_threshold, actors=actors)
+        path = predict_with_ray(model, files, out_dir, threshold=threshold, batch_size=batch_size, render=render, draw_threshold=draw_threshold, actors=actors)
+        _log_rate(len(files), started)
+        return path
     predictor = Predictor.load(model, device=device, batch_size=batch_size)
     task = predictor.task
-    records, used = [], set()
+    records, used, count = [], set(), 0
     stream = predictor.predict_stream(read_inputs(files, fps))
     for image_id, (name, image, prediction) in enumerate(tqdm(stream, total=count_items(files, fps), unit="img", desc="predict", disable=None), start=1):
         rendered = rendered_dir / rendered_name(name, used) if render else None
         records.extend(image_records(task, predictor, image_id, name, image, prediction, threshold, png_folder, rendered, draw_threshold))
+        count = image_id
     path = out_dir / "predictions.json"
     task.write_predictions(path, records, predictor.label_map)
+    _log_rate(count, started)
     return path
+
+
+def _log_rate(count: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    log.info(f"predicted {count} images in {elapsed:.1f} s ({count / elapsed:.1f} images/s, model loading included)")
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from cvengine.cli import run_cli
 
@@ -29,11 +28,9 @@ def main(argv: list[str]) -> int:
             result = fit_with_ray(recipe)
         log.info(f"Ray Train run finished; run folder: {result.get('run_dir')}")
         return 0
-    engine = Engine(recipe, progress=not args.no_progress)
-    state = engine.fit()
-    if engine.accelerator.is_main_process:
-        log.info(f"best {engine.monitor} = {state.best_metric} (epoch {state.best_epoch}); run folder: {engine.run_dir}")
-        log.info(f"model folder: {Path(engine.run_dir) / 'model'}")
+    # The engine's Progress hook prints the start-up line, one line per evaluation, the table and the
+    # closing line (best metrics, elapsed time, images/s, model folder).
+    Engine(recipe, progress=not args.no_progress).fit()
     return 0
 
 

@@ -56,8 +56,26 @@ def test_artifacts_beside_the_store_and_per_class_ap_tracked(trained, demo_detec
     for key, value in per_class.items():
         assert run.data.metrics[key] == pytest.approx(value, abs=1e-9)
     # ... and left out of the one-line epoch summary.
-    epoch_lines = [line for line in (result.stdout + result.stderr).splitlines() if "epoch 1:" in line]
-    assert epoch_lines and not any("val/ap/" in line for line in epoch_lines)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    epoch_lines = [line for line in lines if line.startswith("epoch 1:")]
+    assert len(epoch_lines) == 1 and "val/ap/" not in epoch_lines[0]
+
+
+def test_run_output_lines(trained, demo_detection):
+    """--no-progress: a start-up line, one line per evaluation (counts as integers), the table, and a
+    closing line with val/map AND val/map_50, the elapsed time and images/s."""
+    _, output, _, result = trained
+    lines = [line for line in (result.stdout + result.stderr).strip().splitlines() if line.strip()]
+    num_val = len(json.loads((demo_detection / "val" / "annotations.json").read_text())["images"])
+    num_train = len(json.loads((demo_detection / "train" / "annotations.json").read_text())["images"])
+    assert lines[0].startswith("training rt_detr (detection) on cpu: ") and f"{num_train} train, {num_val} val images" in lines[0]
+    (epoch_line,) = [line for line in lines if line.startswith("epoch 1:")]
+    assert f"val/num_images={num_val}," in epoch_line + "," and ".0000" not in epoch_line.split("val/num_images=")[1]
+    assert any(line.startswith("epoch  train/loss") for line in lines), "the table is printed without progress bars too"
+    last = lines[-1]
+    metrics = json.loads(next(output.rglob("metrics.json")).read_text())["best"]
+    assert last.startswith(f"best val/map = {metrics['val/map']:.4f}, val/map_50 = {metrics['val/map_50']:.4f} (epoch 1); 1 epoch(s) in "), last
+    assert "train images/s" in last and "model folder" in last
 
 
 @pytest.mark.timeout(300)

@@ -139,7 +139,7 @@ def run_trial_in_process(config: dict) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe = trial_recipe(config["base"], config["values"], _trial_name(config))
-    engine = Engine(recipe, checkpoint=TuneReportHook(), tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=False)
+    engine = Engine(recipe, checkpoint=TuneReportHook(), tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=None)
     engine.fit()
 
 

@@ -103,7 +103,13 @@ def export_onnx(model: str, output: str | Path, tolerance: float = DEFAULT_TOLER
         name = "dynamo" if dynamo else "torchscript"
         try:
             _export(wrapper, args, input_names, output_names, onnx_path, opset, dynamo)
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            # torchvision is optional: the exporter's warning per torchvision op it cannot register is noise.
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+            options = ort.SessionOptions()
+            # Fatal only: probing other shapes below is expected to fail on a fixed axis, and
+            # onnxruntime would print each such failure as a red error line.
+            options.log_severity_level = 4
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
             diff = _parity(session, wrapper, inputs, input_names)
         except Exception as err:  # the exporters raise many types; the first line is what helps
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # the exporter colours its messages
