@@ -99,12 +99,12 @@ def export_onnx(model: str, output: str | Path, tolerance: float = DEFAULT_TOLER
     other_size = {"pixel_values": torch.randn(2, 3, height + 32, width + 64, generator=generator), "pixel_mask": torch.ones(2, height + 32, width + 64, dtype=torch.int64)}
     other_size = {k: v for k, v in other_size.items() if k in inputs}
     exporter, errors, checks = None, [], {}
+    # torchvision is optional: the exporter's warning per torchvision op it cannot register is noise.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     for dynamo in (True, False):
         name = "dynamo" if dynamo else "torchscript"
         try:
             _export(wrapper, args, input_names, output_names, onnx_path, opset, dynamo)
-            # torchvision is optional: the exporter's warning per torchvision op it cannot register is noise.
-            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
             options = ort.SessionOptions()
             # Fatal only: probing other shapes below is expected to fail on a fixed axis, and
             # onnxruntime would print each such failure as a red error line.
