@@ -1074,11 +1074,8 @@ def validate_for_training(task: str, split: str, annotations: str | os.PathLike 
 
 def validate_or_raise(task: str, split: str, annotations, images, masks=None, labels=None, **options) -> Report:
     """What training calls per split before anything is written: `validate_for_training`, then
-    `raise_if_errors(where="data.<split>")`, then one log line with the warning counts by kind."""
-    import logging
-
+    `raise_if_errors(where="data.<split>")`. The caller logs `report.warnings_line(...)` once every
+    split has passed, so that a refused run prints its one error line alone."""
     report = validate_for_training(task, split, annotations, images, masks, labels, **options)
     raise_if_errors(report, where=f"data.{split}")
-    counts = report.warning_counts()
-    logging.getLogger("cvengine.data").log(logging.WARNING if counts else logging.INFO, report.warnings_line(f"data.{split}"))
     return report

@@ -54,12 +54,14 @@ class Engine:
         set_seed(recipe.train.seed)
 
         # Data first: a bad file fails here, before any run folder or MLflow run exists.
-        self.indexes = {}
-        for split in ("train", "val", "test"):
-            if getattr(recipe.data, split) is not None:
-                self.indexes[split] = self.task.load_index(recipe, split)
-        if not self.indexes:
+        splits = [split for split in ("train", "val", "test") if getattr(recipe.data, split) is not None]
+        if not splits:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
+        reports = {split: self.task.validate_split(recipe, split) for split in splits}
+        for split, report in reports.items():
+            if report.warning_counts():
+                log.warning(report.warnings_line(f"data.{split}"))
+        self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
         for split, index in self.indexes.items():
             if index.label_map != reference.label_map:
