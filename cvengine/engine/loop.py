@@ -22,7 +22,7 @@ import torch
 from cvengine.adapters import adapter_class, load_model
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json
-from cvengine.engine.devices import build_accelerator, worker_init
+from cvengine.engine.devices import build_accelerator, size_host_threads, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook
@@ -51,6 +51,7 @@ class Engine:
         self.monitor = recipe.train.monitor or self.task.main_metric
         self.mode = "min" if self.monitor.endswith("/loss") else self.task.mode
         self.accelerator = build_accelerator(recipe.train)
+        self.host_threads = size_host_threads(recipe.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         set_seed(recipe.train.seed)
 
         # Data first: a bad file fails here, before any run folder or MLflow run exists.
@@ -58,10 +59,11 @@ class Engine:
         if not splits:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
         reports = {split: self.task.validate_split(recipe, split) for split in splits}
+        self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
+        # After every check has passed, so that a refused run prints its one error line alone.
         for split, report in reports.items():
             if report.warning_counts():
                 log.warning(report.warnings_line(f"data.{split}"))
-        self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
         for split, index in self.indexes.items():
             if index.label_map != reference.label_map:
