@@ -21,7 +21,7 @@ import torch
 
 from cvengine.adapters import adapter_class, load_model
 from cvengine.engine import checkpoint as run_folder
-from cvengine.engine.checkpoint import CheckpointHook, write_json
+from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
 from cvengine.engine.devices import build_accelerator, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
@@ -77,7 +77,6 @@ class Engine:
             self.model = torch.compile(self.model)
 
         self.state = TrainState()
-        self.accelerator.register_for_checkpointing(self.state)
         self.run_dir, self.resume_from = run_folder.resolve_run_dir(self.accelerator, recipe, self.model_family, run_dir)
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
@@ -137,7 +136,6 @@ class Engine:
         optimizer = build_optimizer(unwrapped, self.recipe.train, self.adapter.backbone_parameter_names(unwrapped), self.recipe.model.name)
         self.optimizer = self.accelerator.prepare(optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.recipe.train, total)
-        self.accelerator.register_for_checkpointing(self.scheduler)
 
     def fit(self, train_batches=None) -> TrainState:
         """Train for train.max_epochs (or until a hook sets state.should_stop).
@@ -149,9 +147,10 @@ class Engine:
         self._setup_training(train_batches)
         self._train_batches = train_batches
         state = self.state
-        if self.accelerator.is_main_process and self.resume_from is None:
+        recipe_file = Path(self.run_dir) / "recipe.toml"
+        if self.accelerator.is_main_process and (self.resume_from is None or not recipe_file.exists()):
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.run_dir) / "recipe.toml").write_text(dump_recipe(self.resolved_recipe()))
+            write_text(recipe_file, dump_recipe(self.resolved_recipe()))
         self.accelerator.wait_for_everyone()
         try:
             self._call("on_fit_start")
@@ -178,7 +177,10 @@ class Engine:
             state.status = "FAILED"
             raise
         finally:
-            self._call("on_fit_end")
+            try:
+                self._call("on_fit_end")
+            finally:
+                run_folder.release_run_dir(self.run_dir)
         return state
 
     def _train_one_epoch(self, epoch: int) -> float:
