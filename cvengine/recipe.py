@@ -106,6 +106,9 @@ class TrainSection:
     # Max global gradient norm; 0 disables clipping.
     grad_clip: float = attrs.field(default=0.1, validator=_non_negative)
     accumulate: int = attrs.field(default=1, validator=_positive)
+    # Batches with a NaN or inf loss that are skipped (not applied) before training stops; 0: stop at
+    # the first. Nothing non-finite is ever saved.
+    max_nonfinite_steps: int = attrs.field(default=0, validator=_non_negative)
     seed: int = 42
     output_dir: str = "runs"
     # Metric that selects the best checkpoint and drives early stopping; empty: the task's main metric.

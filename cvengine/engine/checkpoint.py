@@ -195,6 +195,15 @@ def weights_are_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
 
 
+def refuse_nonfinite_weights(engine, where: str) -> None:
+    """Raise TrainingDiverged when the model's weights hold NaN or inf: they are never saved."""
+    if not weights_are_finite(engine.accelerator.unwrap_model(engine.model)):
+        raise TrainingDiverged(
+            f"the model's weights became NaN or inf {where}: training stopped and nothing of it was saved "
+            f"(the last good checkpoint, if any, is in {Path(engine.run_dir) / 'checkpoints'}); lower train.lr or set train.grad_clip"
+        )
+
+
 def save_checkpoint(engine, folder: Path) -> None:
     """Everything a resume needs, into `folder` (created here), on every rank; `train_state.json` is
     written last, after every rank has written its files."""
@@ -203,6 +212,7 @@ def save_checkpoint(engine, folder: Path) -> None:
 
     acc = engine.accelerator
     folder = Path(folder)
+    refuse_nonfinite_weights(engine, f"by epoch {engine.state.epoch} (step {engine.state.global_step})")
     if acc.is_main_process:
         folder.mkdir(parents=True)
         save_model(acc.unwrap_model(engine.model), str(folder / "model.safetensors"))
@@ -457,6 +467,7 @@ def save_model(engine, path, position: tuple[int, int] | None = None) -> None:
     these weights are (default: the engine's current ones), recorded in cvengine.json so that a
     resume can tell whether `model/` is still `checkpoints/best`."""
     acc = engine.accelerator
+    refuse_nonfinite_weights(engine, f"by epoch {engine.state.epoch} (step {engine.state.global_step})")
     acc.wait_for_everyone()
     if acc.is_main_process:
         path = Path(path)
@@ -558,8 +569,6 @@ class CheckpointHook(Callback):
         if not state.evaluated:
             return
         acc = engine.accelerator
-        if not weights_are_finite(acc.unwrap_model(engine.model)):
-            raise TrainingDiverged(f"the model's weights hold NaN or inf after epoch {state.epoch} (step {state.global_step}): nothing saved, the last good checkpoint is kept; lower train.lr or set train.grad_clip")
         root = Path(engine.run_dir) / "checkpoints"
         tmp = root / ".saving"
         if acc.is_main_process:

@@ -26,7 +26,7 @@ from cvengine.engine.devices import build_accelerator, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook
-from cvengine.errors import RecipeError
+from cvengine.errors import RecipeError, TrainingDiverged
 from cvengine.recipe import Recipe, dump_recipe
 from cvengine.tasks import get_task
 
@@ -146,6 +146,7 @@ class Engine:
         the class names."""
         self._setup_training(train_batches)
         self._train_batches = train_batches
+        self._nonfinite_steps = 0
         state = self.state
         recipe_file = Path(self.run_dir) / "recipe.toml"
         if self.accelerator.is_main_process and (self.resume_from is None or not recipe_file.exists()):
@@ -163,6 +164,7 @@ class Engine:
                     break
                 state.evaluated = (epoch + 1) % self.recipe.train.eval_every_epochs == 0 or epoch + 1 == self.recipe.train.max_epochs
                 if state.evaluated:
+                    run_folder.refuse_nonfinite_weights(self, f"by the end of epoch {epoch + 1} (step {state.global_step})")
                     metrics = self.evaluate("val") if "val" in self.indexes else {}
                     self._update_best(metrics)
                     self._call("on_eval_end", metrics)
@@ -201,12 +203,14 @@ class Engine:
         window_parts: dict[str, torch.Tensor] = {}
         batches = window_batches = 0
         timer = Timer()
-        for batch in loader:
+        for index, batch in enumerate(loader):
             if self._train_batches is not None:
                 batch = send_to_device(batch, acc.device, non_blocking=True)
             with acc.accumulate(self.model):
-                outputs = self.model(**self.adapter.model_inputs(batch))
-                loss, parts = self.adapter.loss(outputs)
+                loss, parts = self._forward_loss(batch, epoch, index)
+                if self._skip_nonfinite(loss, epoch, index):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
                 acc.backward(loss)
                 if acc.sync_gradients and train.grad_clip > 0:
                     acc.clip_grad_norm_(self.model.parameters(), train.grad_clip)
@@ -237,6 +241,48 @@ class Engine:
                 break
         mean = acc.reduce(epoch_loss / max(batches, 1), reduction="mean")
         return float(mean.item())
+
+    def _where(self, epoch: int, batch: int) -> str:
+        return f"at step {self.state.global_step + 1} (epoch {epoch + 1}, batch {batch + 1})"
+
+    def _forward_loss(self, batch, epoch: int, batch_index: int):
+        """(loss, loss parts) of a training batch. Weights that became NaN or inf make some models
+        fail inside their forward (e.g. a matcher refusing a NaN cost matrix): that is reported as
+        divergence, not as the model's error."""
+        try:
+            outputs = self.model(**self.adapter.model_inputs(batch))
+            return self.adapter.loss(outputs)
+        except Exception:
+            where = self._where(epoch, batch_index)
+            run_folder.refuse_nonfinite_weights(self, where)
+            # Finite but huge weights overflow to inf/NaN activations: see what the model outputs.
+            with torch.no_grad():
+                outputs = self.model(**self.adapter.model_inputs(batch, with_labels=False))
+            values = [v for v in (outputs.values() if hasattr(outputs, "values") else [outputs]) if isinstance(v, torch.Tensor) and v.is_floating_point()]
+            if any(not bool(torch.isfinite(v).all()) for v in values):
+                raise TrainingDiverged(
+                    f"the model's outputs became NaN or inf {where}: training stopped and nothing of it was saved "
+                    f"(the last good checkpoint, if any, is in {Path(self.run_dir) / 'checkpoints'}); lower train.lr or set train.grad_clip"
+                ) from None
+            raise
+
+    def _skip_nonfinite(self, loss: torch.Tensor, epoch: int, batch_index: int) -> bool:
+        """Whether this batch's loss is NaN or inf on any rank (then its step is skipped on every
+        rank), raising TrainingDiverged past train.max_nonfinite_steps. One scalar read per batch:
+        the price of never applying a non-finite step."""
+        bad = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
+        if not bad.item():
+            return False
+        self._nonfinite_steps += 1
+        limit = self.recipe.train.max_nonfinite_steps
+        text = f"train/loss is {loss.item()} {self._where(epoch, batch_index)}"
+        if self._nonfinite_steps > limit:
+            raise TrainingDiverged(
+                f"{text}: training stopped ({self._nonfinite_steps} non-finite loss(es), train.max_nonfinite_steps = {limit}); nothing of it was saved "
+                f"(the last good checkpoint, if any, is in {Path(self.run_dir) / 'checkpoints'}); lower train.lr or set train.grad_clip"
+            )
+        log.warning(f"{text}: batch skipped ({self._nonfinite_steps} of train.max_nonfinite_steps = {limit})")
+        return True
 
     def _update_best(self, metrics: dict) -> None:
         state = self.state
