@@ -16,12 +16,17 @@ from test_classification import _recipe as classification_recipe
 
 
 def assert_model_is_best(run_dir: Path) -> None:
-    """`model/` holds exactly the weights of `checkpoints/best`."""
-    exported = load_file(run_dir / "model" / "model.safetensors")
+    """`model/` holds exactly the weights of `checkpoints/best`: loaded by transformers (which maps
+    the names save_pretrained writes back to the model's), its state dict equals best's tensors."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForObjectDetection
+
+    task = json.loads((run_dir / "model" / "cvengine.json").read_text())["task"]
+    auto = {"detection": AutoModelForObjectDetection, "classification": AutoModelForImageClassification}.get(task, AutoModel)
+    exported = auto.from_pretrained(run_dir / "model", config=AutoConfig.from_pretrained(run_dir / "model")).state_dict()
     best = load_file(run_dir / "checkpoints" / "best" / "model.safetensors")
-    assert exported and set(exported) <= set(best), set(exported) ^ set(best)
-    for key, value in exported.items():
-        assert torch.equal(value, best[key]), key
+    assert set(best) <= set(exported), set(best) - set(exported)
+    for key, value in best.items():
+        assert torch.equal(value, exported[key]), key
     recorded = json.loads((run_dir / "model" / "cvengine.json").read_text())["checkpoint"]
     state = json.loads((run_dir / "checkpoints" / "best" / "train_state.json").read_text())
     assert (recorded["epoch"], recorded["global_step"]) == (state["epoch"], state["global_step"])

@@ -337,9 +337,10 @@ def release_run_dir(run_dir) -> None:
 
 
 def _has_results(run_dir: Path) -> bool:
-    """Whether a run folder holds anything worth keeping (a checkpoint, the model, metrics)."""
+    """Whether a run folder holds anything worth keeping: a checkpoint or the model (metrics.json is
+    written before the first checkpoint and means nothing without it)."""
     ckpt = run_dir / "checkpoints"
-    kept = [ckpt / "best", ckpt / "last", ckpt / "best.old", ckpt / "last.old", run_dir / "model", run_dir / "metrics.json"]
+    kept = [ckpt / "best", ckpt / "last", ckpt / "best.old", ckpt / "last.old", run_dir / "model"]
     return any(p.exists() for p in kept) or read_train_state(ckpt / ".saving") is not None
 
 
