@@ -8,9 +8,41 @@ from typing import Callable
 from cvengine.errors import CvengineError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `docker stop`, a cancelled job), raised like Ctrl-C so that the same
+    clean-up runs: the MLflow run ends KILLED, loader workers stop, checkpoints stay as they were."""
+
+
+_terminated = False
+
+
+def _terminate(signum, frame):
+    global _terminated
+    _terminated = True
+    raise Terminated()
+
+
+def _drop_lost_termination(unraisable, _default=sys.unraisablehook) -> None:
+    # A Terminated the interpreter had to swallow is raised again by raise_if_terminated: not news.
+    if not isinstance(unraisable.exc_value, Terminated):
+        _default(unraisable)
+
+
+def raise_if_terminated() -> None:
+    """Raise Terminated if SIGTERM came in: an exception raised by the signal handler is lost when
+    the signal lands in certain places (e.g. logging's fork hooks while loader workers start), so
+    the training loop also checks after every batch."""
+    if _terminated:
+        raise Terminated()
+
+
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _drop_lost_termination
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except CvengineError as err:
@@ -22,6 +54,9 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

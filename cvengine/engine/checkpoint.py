@@ -336,6 +336,18 @@ def release_run_dir(run_dir) -> None:
         handle.close()
 
 
+def run_dir_is_abandoned(run_dir: Path) -> bool:
+    """Whether no live training process holds `run_dir` (this process holding it, before its own
+    MLflow run starts, counts: whatever ran there before is dead)."""
+    run_dir = Path(run_dir)
+    if run_dir in _held_locks:
+        return True
+    if not lock_run_dir(run_dir):
+        return False
+    release_run_dir(run_dir)
+    return True
+
+
 def _has_results(run_dir: Path) -> bool:
     """Whether a run folder holds anything worth keeping: a checkpoint or the model (metrics.json is
     written before the first checkpoint and means nothing without it)."""

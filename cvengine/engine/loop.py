@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from cvengine.adapters import adapter_class, load_model
+from cvengine.cli import raise_if_terminated
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
 from cvengine.engine.devices import build_accelerator, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
-from cvengine.engine.tracking import MLflowHook
+from cvengine.engine.tracking import MLflowHook, check_tracking_uri
 from cvengine.errors import RecipeError, TrainingDiverged
 from cvengine.recipe import Recipe, dump_recipe
 from cvengine.tasks import get_task
@@ -77,6 +78,9 @@ class Engine:
             self.model = torch.compile(self.model)
 
         self.state = TrainState()
+        tracker = MLflowHook() if tracker == DEFAULT else tracker
+        if isinstance(tracker, MLflowHook) and self.accelerator.is_main_process:
+            check_tracking_uri(recipe)  # before any run folder exists
         self.run_dir, self.resume_from = run_folder.resolve_run_dir(self.accelerator, recipe, self.model_family, run_dir)
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
@@ -84,7 +88,7 @@ class Engine:
         if recipe.train.early_stopping_patience > 0:
             hooks.append(EarlyStopping(recipe.train.early_stopping_patience))
         hooks.append(CheckpointHook() if checkpoint == DEFAULT else checkpoint)
-        hooks.append(MLflowHook() if tracker == DEFAULT else tracker)
+        hooks.append(tracker)
         self.hooks = [h for h in hooks if h is not None]
         self.optimizer = None
         self.scheduler = None
@@ -149,9 +153,13 @@ class Engine:
         self._nonfinite_steps = 0
         state = self.state
         recipe_file = Path(self.run_dir) / "recipe.toml"
-        if self.accelerator.is_main_process and (self.resume_from is None or not recipe_file.exists()):
+        if self.accelerator.is_main_process:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            write_text(recipe_file, dump_recipe(self.resolved_recipe()))
+            # Held already when this engine chose the folder; taken here when it was given one.
+            if not run_folder.lock_run_dir(self.run_dir):
+                raise RecipeError(f"run folder {self.run_dir} is in use by another training process")
+            if self.resume_from is None or not recipe_file.exists():
+                write_text(recipe_file, dump_recipe(self.resolved_recipe()))
         self.accelerator.wait_for_everyone()
         try:
             self._call("on_fit_start")
@@ -175,8 +183,8 @@ class Engine:
                     self._write_fit_metrics()
                 self._call("on_epoch_end")
             state.status = "FINISHED"
-        except BaseException:
-            state.status = "FAILED"
+        except BaseException as err:
+            state.status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
         finally:
             try:
@@ -224,6 +232,7 @@ class Engine:
             batches += 1
             window_batches += 1
             timer.images += len(batch["image_ids"]) * acc.num_processes
+            raise_if_terminated()
             if not acc.sync_gradients:
                 continue
             self.scheduler.step()
@@ -334,6 +343,7 @@ class Engine:
         loss_sum = torch.zeros((), device=self.accelerator.device)
         batches = 0
         for batch in loader:
+            raise_if_terminated()
             # With the labels: one forward gives the predictions and the split's loss.
             outputs = self.model(**self.adapter.model_inputs(batch, with_labels=with_loss))
             if with_loss:
