@@ -59,6 +59,9 @@ class Engine:
         for split in ("train", "val", "test"):
             if getattr(recipe.data, split) is not None:
                 self.indexes[split] = self.task.load_index(recipe, split)
+                if len(self.indexes[split]) == 0:
+                    where = getattr(self.indexes[split], "annotations_path", None) or getattr(recipe.data, split).images
+                    raise RecipeError(f"data.{split}: {where} lists no images; give a split with at least one image")
         if not self.indexes:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
