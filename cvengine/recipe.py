@@ -95,6 +95,9 @@ class DataSection:
     # semantic_segmentation with PNG masks: class names by label id, as a list ["wall", "floor", …]
     # or a file (JSON list, JSON object {"0": "wall", …}, or one name per line).
     labels: Optional[Union[str, list]] = None
+    # Images with more pixels (width x height, from the file header) are refused before decoding:
+    # a small compressed file can decode to gigabytes.
+    max_image_pixels: int = attrs.field(default=40_000_000, validator=_positive)
     # The mask value that marks unlabelled pixels (not trained on, not scored).
     ignore_index: int = 255
     # ADE20K convention: mask value 0 is "other" (ignored) and every other value v is class v - 1.

@@ -37,12 +37,35 @@ def corpus(tmp_path_factory, tiny_model, demo_detection):
     shutil.copytree(demo_detection, empty)
     coco = json.loads((empty / "train" / "annotations.json").read_text())
     (empty / "train" / "annotations.json").write_text(json.dumps({**coco, "images": [], "annotations": []}))
+    bomb = root / "bomb"
+    shutil.copytree(demo_detection, bomb)
+    coco = json.loads((bomb / "train" / "annotations.json").read_text())
+    record = coco["images"][2]
+    write_bomb_png(bomb / "train" / "images" / record["file_name"], 8000, 8000)
+    record["width"] = record["height"] = 8000
+    (bomb / "train" / "annotations.json").write_text(json.dumps(coco))
     shutil.copytree(model, root / "no_weights")
     (root / "no_weights" / "model.safetensors").unlink()
     shutil.copytree(model, root / "truncated")
     weights = (model / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     return root
+
+
+def write_bomb_png(path: Path, width: int, height: int) -> None:
+    """A valid grayscale PNG of width x height black pixels: ~60 KB on disk for 8000 x 8000, which
+    would decode to 192 MB as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
 def _free_port() -> int:
@@ -66,6 +89,7 @@ CASES = {
     "sqlite_in_missing_folder": ("recipe.toml", ["tracking.uri=sqlite:///{root}/missing/dir/mlflow.db"], ["{root}/missing/dir does not exist"]),
     "output_dir_is_a_file": ("recipe.toml", ["train.output_dir={root}/a_file"], ["{root}/a_file", "Not a directory"]),
     "empty_images_list": ("recipe.toml", ["data.root={root}/empty"], ["empty/train/annotations.json lists no images"]),
+    "decompression_bomb": ("recipe.toml", ["data.root={root}/bomb"], ["8000x8000 = 64000000 pixels", "above data.max_image_pixels = 40000000"]),
     "missing_weights": ("recipe.toml", ["model.name={root}/no_weights"], ["no_weights", "weights could not be loaded"]),
     "truncated_weights": ("recipe.toml", ["model.name={root}/truncated"], ["truncated", "weights could not be loaded"]),
     "dead_tracking_server": ("recipe.toml", ["tracking.uri=http://127.0.0.1:{port}"], ["tracking.uri", "no tracking server answers"]),
@@ -103,3 +127,20 @@ def test_user_error_gives_one_line_and_keeps_earlier_runs(case, corpus):
     assert not (corpus / "escape").exists() and not (corpus / "abs").exists() and not (corpus / "missing").exists()
     if case == "dead_tracking_server":
         assert elapsed < 60  # connect timeout 10 s, plus start-up
+
+
+def test_image_size_limit_is_checked_from_the_header(tmp_path):
+    from PIL import Image
+
+    from cvengine.data.images import read_image
+    from cvengine.data.validate import image_header_size
+    from cvengine.errors import DataError
+
+    path = tmp_path / "bomb.png"
+    write_bomb_png(path, 8000, 8000)
+    with Image.open(path) as image:  # an independent reader agrees on the header size
+        assert image.size == (8000, 8000)
+    for read in (read_image, image_header_size):
+        with pytest.raises(DataError, match="bomb.png is 8000x8000 = 64000000 pixels, above data.max_image_pixels = 1000000"):
+            read(str(path), 1_000_000)
+    assert image_header_size(str(path), 64_000_000) == (8000, 8000)

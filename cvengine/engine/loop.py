@@ -36,6 +36,21 @@ log = logging.getLogger("cvengine")
 DEFAULT = "default"  # sentinel: the built-in CheckpointHook / MLflowHook
 
 
+def refuse_large_images(index, max_pixels: int) -> None:
+    """Refuse, before training starts, an image whose header size (the index read it) is above
+    data.max_image_pixels; indexes without sizes are checked when each image is read."""
+    import numpy as np
+
+    from cvengine.data.images import check_pixels
+
+    heights, widths = getattr(index, "heights", None), getattr(index, "widths", None)
+    if heights is None or widths is None or len(heights) == 0:
+        return
+    pixels = np.asarray(heights, dtype=np.int64) * np.asarray(widths, dtype=np.int64)
+    i = int(np.argmax(pixels))
+    check_pixels(index.image_path(i), int(widths[i]), int(heights[i]), max_pixels)
+
+
 class Engine:
     """Trains and evaluates the model a recipe describes.
 
@@ -62,6 +77,7 @@ class Engine:
                 if len(self.indexes[split]) == 0:
                     where = getattr(self.indexes[split], "annotations_path", None) or getattr(recipe.data, split).images
                     raise RecipeError(f"data.{split}: {where} lists no images; give a split with at least one image")
+                refuse_large_images(self.indexes[split], recipe.data.max_image_pixels)
         if not self.indexes:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
@@ -112,6 +128,7 @@ class Engine:
         key = (split, train)
         if key not in self._loaders:
             dataset = self.task.build_dataset(self.recipe, self.indexes[split], self.adapter, train=train)
+            dataset.max_image_pixels = self.recipe.data.max_image_pixels
             loader = torch.utils.data.DataLoader(
                 dataset,
                 batch_size=self.recipe.data.batch_size,
