@@ -102,6 +102,10 @@ class DataSection:
     ignore_index: int = 255
     # ADE20K convention: mask value 0 is "other" (ignored) and every other value v is class v - 1.
     reduce_labels: bool = False
+    # How deep every split is checked before anything is written (cvengine.data.validate): "header"
+    # reads each image's size and EXIF orientation, "full" decodes every pixel (catches truncated
+    # files), "none" opens no image file (the annotations are still checked).
+    check: str = attrs.field(default="header", validator=_one_of(("full", "header", "none")))
 
 
 @attrs.define

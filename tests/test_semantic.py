@@ -266,8 +266,9 @@ def _train_miou_before_training(model_dir: str, root) -> float:
 
 
 def test_mask2former_semantic_overfit(tmp_path, tiny_model):
-    """4 demo canvases (96 px), tiny Mask2Former, 60 steps through the Engine: train mIoU measured
-    0.60 (random init 0.007); assert >= 0.35 and 10x the random-init score."""
+    """4 demo canvases (96 px), tiny Mask2Former, 120 steps through the Engine: train mIoU measured
+    0.77 (seeds 1 and 2: 0.83, 0.87; random init 0.007); assert >= 0.35 and 10x the random-init score.
+    At 60 steps the score still depends on the seed (0.15 to 0.58)."""
     from cvengine.data.demo import make_demo
     from cvengine.engine.loop import Engine
     from cvengine.recipe import load_recipe
@@ -275,7 +276,7 @@ def test_mask2former_semantic_overfit(tmp_path, tiny_model):
     make_demo(tmp_path / "data", task="semantic_segmentation", seed=0, num_train=4, num_val=1, canvas=(96, 96))
     model_dir = tiny_model("semantic_segmentation", "mask2former", 11)
     before = _train_miou_before_training(model_dir, tmp_path / "data")
-    recipe = _recipe(tmp_path / "data", model_dir, tmp_path / "runs", max_epochs=60, eval_every_epochs=60)
+    recipe = _recipe(tmp_path / "data", model_dir, tmp_path / "runs", max_epochs=120, eval_every_epochs=120)
     recipe["data"]["val"] = recipe["data"]["train"]
     engine = Engine(load_recipe(recipe, overrides=["tracking.run_name=overfit"]), tracker=None, progress=False)
     engine.fit()

@@ -485,3 +485,55 @@ def test_panoptic_stats_match_a_count_of_the_json_and_pngs(capsys):
     assert data_main(["stats", str(path)]) == 0
     text = capsys.readouterr().out
     assert f"segments     {len(segments)}  (3 crowd)" in text and "person" in text
+
+
+# The cases training used to accept silently (bad numbers, truncated ids, crowd strings, wrong sizes,
+# paths leaving the images folder): `Engine` refuses each before any run folder or MLflow store exists.
+TRAINING_REFUSES = ["bbox NaN", "bbox inf", "bbox negative", "bbox string", "category_id 1.7", "iscrowd string", "size differs", "file_name .."]
+
+
+def _training_recipe(ann: Path, images: Path, model: str, output: Path) -> dict:
+    split = {"images": str(images), "annotations": str(ann)}
+    return {
+        "task": "detection",
+        "model": {"name": model},
+        "data": {"batch_size": 2, "num_workers": 0, "train": split, "val": split},
+        "train": {"max_epochs": 1, "output_dir": str(output)},
+        "tracking": {"experiment": "refused"},
+    }
+
+
+@pytest.mark.parametrize("mutate, expected", [c[1:] for c in CORPUS if c[0] in TRAINING_REFUSES], ids=TRAINING_REFUSES)
+def test_training_refuses_what_check_rejects_before_writing_anything(dataset, tiny_model, tmp_path, mutate, expected):
+    from cvengine.engine.loop import Engine
+    from cvengine.recipe import load_recipe
+
+    ann, images, write = dataset
+    data = clean_coco()
+    mutate(data, ann.parent)
+    write(data)
+    output = tmp_path / "runs"
+    recipe = load_recipe(_training_recipe(ann, images, tiny_model("detection", "rt_detr"), output))
+    with pytest.raises(DataError) as raised:
+        Engine(recipe, progress=False)
+    assert str(raised.value) == f"data.train: {ann}: " + expected.format(images=images, root=ann.parent)
+    assert not output.exists()
+
+
+def test_run_cli_prints_the_record_in_one_line_and_exit_2(dataset, tiny_model, tmp_path):
+    import tomli_w
+
+    ann, images, write = dataset
+    data = clean_coco()
+    data["annotations"][1]["iscrowd"] = "no"
+    write(data)
+    output = tmp_path / "runs"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(tomli_w.dumps(_training_recipe(ann, images, tiny_model("detection", "rt_detr"), output)))
+    result = subprocess.run([sys.executable, "-m", "cvengine.run", str(recipe), "--no-progress"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: data.train: {ann}: annotation id 2: iscrowd 'no' must be 0 or 1 (a string, which training would read as crowd); write 0 for an object, 1 for a crowd region"
+    ]
+    assert not output.exists() and not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

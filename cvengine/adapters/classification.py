@@ -6,8 +6,9 @@ ResNet, ConvNeXt(V2), Swin, EfficientNet, MobileNetV2, MobileViT) and timm model
            "multi_label_classification" (the model's loss is then BCE-with-logits).
   outputs: logits (B, K).
 
-Images are resized to a fixed square (the processor's crop size, else its size) in the loader
-workers, so that a batch needs no padding; normalisation happens on the device.
+Images are resized and centre-cropped as the checkpoint's image processor does (its resize rule,
+resampling filter, crop_pct and crop size) in the loader workers; rescaling, normalisation and any
+channel flip happen on the device.
 """
 from __future__ import annotations
 
@@ -37,24 +38,6 @@ def processor_settings(processor):
     )
 
 
-def square_side(processor, image_size: int | None) -> int:
-    """The side of the square the model is fed: the recipe's image_size, else the processor's crop
-    size when it centre-crops, else its size."""
-    if image_size is not None:
-        return int(image_size)
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    for size in (crop, getattr(processor, "size", None)):
-        if size is None:
-            continue
-        if isinstance(size, (int, float)):
-            return int(size)
-        get = size.get if hasattr(size, "get") else (lambda k, s=size: getattr(s, k, None))
-        for key in ("height", "shortest_edge", "width"):
-            if get(key):
-                return int(get(key))
-    return 224
-
-
 class ImageClassificationAdapter(Adapter):
     """Samples -> model inputs, and logits -> per-image class probabilities."""
 
@@ -64,8 +47,9 @@ class ImageClassificationAdapter(Adapter):
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
         settings = processor_settings(processor)
-        side = square_side(settings, image_size)
-        self.resize = ResizePolicy({"height": side, "width": side})
+        # The checkpoint processor's geometry: its resize rule, filter and centre crop (a fixed size
+        # for every family served here, so that batches stack without padding).
+        self.resize = ResizePolicy.from_processor(settings, image_size)
         self.normalize = Normalizer(settings)
         self.multi_label = getattr(model.config, "problem_type", None) == MULTI_LABEL
         self.num_labels = int(model.config.num_labels)

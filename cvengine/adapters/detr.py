@@ -31,9 +31,7 @@ class DetrFamilyAdapter(Adapter):
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
-        self.resize = ResizePolicy.from_processor(processor, image_size, defer_upscale=True)
-        if image_size is not None and getattr(processor, "size", None) is not None:
-            processor.size = self.resize.size  # the exported processor carries the override
+        self.resize = ResizePolicy.from_processor(processor, image_size, defer_upscale=True, crop=False)
         self.normalize = Normalizer(processor)
         self.pad_multiple = int(getattr(processor, "size_divisor", None) or 1)
         self.accepts_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters

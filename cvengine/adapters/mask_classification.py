@@ -44,9 +44,9 @@ class MaskClassificationAdapter(Adapter):
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
-        self.resize = ResizePolicy.from_processor(processor, image_size)
-        if image_size is not None and getattr(processor, "size", None) is not None:
-            processor.size = self.resize.size  # the exported processor carries the override
+        # The processor's resize rule (Mask2Former / MaskFormer stretch to a multiple of size_divisor);
+        # no centre crop: every pixel is predicted.
+        self.resize = ResizePolicy.from_processor(processor, image_size, crop=False)
         self.normalize = Normalizer(processor)
         # Swin/ResNet backbones with a pixel decoder need sides divisible by 32.
         self.pad_multiple = int(getattr(processor, "size_divisor", None) or 32)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from cvengine.adapters.base import Adapter, Family
-from cvengine.adapters.classification import square_side
 from cvengine.data.dataset import Sample
 from cvengine.data.masks import IGNORE
 from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
@@ -31,9 +30,9 @@ class SemanticSegmentationAdapter(Adapter):
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
-        side = square_side(processor, image_size)
-        # A fixed square: every batch stacks without padding; label maps follow with NEAREST.
-        self.resize = ResizePolicy({"height": side, "width": side})
+        # The checkpoint processor's resize rule and filter; label maps follow with NEAREST. No centre
+        # crop: every pixel of the image is predicted and scored.
+        self.resize = ResizePolicy.from_processor(processor, image_size, crop=False)
         self.normalize = Normalizer(processor)
         for key in _IGNORE_INDEX_KEYS:
             if hasattr(model.config, key):
@@ -41,22 +40,40 @@ class SemanticSegmentationAdapter(Adapter):
 
     # -- in the loader workers ----------------------------------------------------------------------
     def collate(self, samples: list[Sample]) -> dict:
-        pixels, _ = pad_stack([s.image for s in samples])
-        labels = torch.from_numpy(np.stack([s.semantic_map for s in samples]).astype(np.int64))
+        # Sizes differ only for processors that keep the aspect ratio (DPT, MobileViT): padding is
+        # zero after normalisation and IGNORE in the labels, so it is neither seen nor learned.
+        pixels, pixel_mask = pad_stack([s.image for s in samples])
+        labels = np.full((len(samples),) + tuple(pixels.shape[-2:]), IGNORE, dtype=np.int64)
+        for row, s in enumerate(samples):
+            labels[row, : s.semantic_map.shape[0], : s.semantic_map.shape[1]] = s.semantic_map
         return {
-            "pixels_uint8": pixels,  # (B, 3, S, S) uint8
-            "labels": labels,  # (B, S, S) int64, IGNORE = 255
+            "pixels_uint8": pixels,  # (B, 3, H, W) uint8
+            "pixel_mask": pixel_mask,  # (B, H, W) uint8, 1 on real pixels
+            "input_sizes": torch.tensor([s.image.shape[:2] for s in samples], dtype=torch.int64),  # (B, 2) resized, unpadded
+            "labels": torch.from_numpy(labels),  # (B, H, W) int64, IGNORE = 255
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
             "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
         }
 
-    # -- on the device: the base Adapter's model_inputs (pixel_values, labels) and loss -------------
+    # -- on the device: the base Adapter's loss ------------------------------------------------------
+    def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
+        inputs = {"pixel_values": self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)}
+        if with_labels:
+            inputs["labels"] = batch["labels"]
+        return inputs
+
     def postprocess(self, outputs, batch: dict) -> list[dict]:
         """-> per image {image_id, semantic_map (H, W) uint8 at the original image size}."""
-        logits = outputs.logits  # (B, K, h, w)
+        logits = outputs.logits  # (B, K, h, w) at a fraction of the padded input (Hp, Wp)
+        padded_hw = tuple(batch["pixels_uint8"].shape[-2:])
         predictions = []
-        for row, (image_id, (h, w)) in enumerate(zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist())):
-            upsampled = torch.nn.functional.interpolate(logits[row : row + 1].float(), size=(h, w), mode="bilinear", align_corners=False)
+        sizes = zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist(), batch["input_sizes"].tolist())
+        for row, (image_id, (h, w), (ih, iw)) in enumerate(sizes):
+            image_logits = logits[row : row + 1].float()
+            if (ih, iw) != padded_hw:
+                # Up to the padded input, padding cropped away, then to the original size.
+                image_logits = torch.nn.functional.interpolate(image_logits, size=padded_hw, mode="bilinear", align_corners=False)[:, :, :ih, :iw]
+            upsampled = torch.nn.functional.interpolate(image_logits, size=(h, w), mode="bilinear", align_corners=False)
             label_map = upsampled[0].argmax(dim=0).to(torch.uint8 if logits.shape[1] <= 255 else torch.int32)
             predictions.append({"image_id": image_id, "semantic_map": label_map.cpu().numpy()})
         return predictions

@@ -132,7 +132,31 @@ class LabelMap:
         return LabelMap(np.concatenate([[0], self.category_ids]), ["background", *self.names], [{"id": 0, "name": "background"}, *self.categories])
 
 
-class CocoIndex:
+class ImageIndex:
+    """What every task's index shares, over its `image_ids` (N,), `file_names` (relative to
+    `images_dir`) and `label_map`: its length, its classes and each image's path."""
+
+    image_ids: np.ndarray
+    file_names: list
+    images_dir: str
+    label_map: "LabelMap"
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_map)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.label_map.names
+
+    def image_path(self, i: int) -> str:
+        return os.path.join(self.images_dir, self.file_names[i])
+
+
+class CocoIndex(ImageIndex):
     """Images, categories and per-image targets of one COCO instances file, held as numpy arrays.
 
     Per image i (position in `image_ids`), its annotations are rows `offsets[i]:offsets[i+1]` of
@@ -238,17 +262,6 @@ class CocoIndex:
         with gc_paused():
             return cls(data, str(annotations_path), str(images_dir), keep_segmentation=keep_segmentation)
 
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_map)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.label_map.names
-
     def coco(self):
         """The pycocotools ground truth of the annotations file (crowd regions included), built once
         and kept: evaluation after every epoch re-uses it."""
@@ -261,9 +274,6 @@ class CocoIndex:
     def __getstate__(self) -> dict:
         # Loader workers get the index through the dataset; the evaluation ground truth stays here.
         return {k: v for k, v in self.__dict__.items() if k != "_coco"}
-
-    def image_path(self, i: int) -> str:
-        return os.path.join(self.images_dir, self.file_names[i])
 
     def targets(self, i: int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (A, 4) float32 xyxy absolute and labels (A,) int64 of image position i."""

@@ -1,6 +1,8 @@
 """Reading images the way a model wants them: EXIF orientation applied, always 8-bit RGB."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -15,8 +17,25 @@ Image.MAX_IMAGE_PIXELS = 1 << 28
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
-def check_pixels(path: str, width: int, height: int, max_pixels: int) -> None:
-    """Refuse an image whose header size is above `max_pixels`, before any pixel is decoded."""
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def max_image_pixels(limit: int):
+    """The limit readers use when given none, for the duration (a module setting, not a context
+    variable: the validator reads headers on a thread pool)."""
+    global _max_pixels
+    previous, _max_pixels = _max_pixels, limit
+    try:
+        yield
+    finally:
+        _max_pixels = previous
+
+
+def check_pixels(path: str, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse an image whose header size is above `max_pixels` (default: the current limit), before
+    any pixel is decoded."""
+    max_pixels = _max_pixels if max_pixels is None else max_pixels
     if width * height > max_pixels:
         raise DataError(f"image {path} is {width}x{height} = {width * height} pixels, above data.max_image_pixels = {max_pixels}; shrink it, or raise data.max_image_pixels if the memory allows")
 
@@ -40,7 +59,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises DataError naming the file, also for an
     image above `max_pixels` (from its header, before decoding)."""
     try:

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from cvengine.data.coco import MIN_BOX_SIDE
-from cvengine.data.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, check_pixels, read_image
+from cvengine.data.images import IMAGE_EXTENSIONS, check_pixels, read_image
 from cvengine.errors import DataError, RecipeError
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -300,7 +300,7 @@ def _header_orientation(image) -> int:
     return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
 
 
-def image_header_size(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+def image_header_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """(height, width) as `read_image` will return it (EXIF orientation applied), from the file's
     header only. Raises DataError naming the file, also for an image above `max_pixels`."""
     from PIL import Image, UnidentifiedImageError
@@ -1075,11 +1075,8 @@ def validate_for_training(task: str, split: str, annotations: str | os.PathLike 
 
 def validate_or_raise(task: str, split: str, annotations, images, masks=None, labels=None, **options) -> Report:
     """What training calls per split before anything is written: `validate_for_training`, then
-    `raise_if_errors(where="data.<split>")`, then one log line with the warning counts by kind."""
-    import logging
-
+    `raise_if_errors(where="data.<split>")`. The caller logs `report.warnings_line(...)` once every
+    split has passed, so that a refused run prints its one error line alone."""
     report = validate_for_training(task, split, annotations, images, masks, labels, **options)
     raise_if_errors(report, where=f"data.{split}")
-    counts = report.warning_counts()
-    logging.getLogger("cvengine.data").log(logging.WARNING if counts else logging.INFO, report.warnings_line(f"data.{split}"))
     return report

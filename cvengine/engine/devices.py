@@ -62,6 +62,25 @@ def build_accelerator(train):
     return accelerator
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def size_host_threads(num_workers: int, local_processes: int = 1) -> int | None:
+    """Torch's intra-op threads in this process so that they and the loader workers share the cores
+    of this machine's processes without oversubscribing them (each worker decodes on one core):
+    cores / local processes - workers, at least 1. Left alone (None) when the user chose a count with
+    OMP_NUM_THREADS."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    threads = max(1, available_cores() // max(1, local_processes) - num_workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def worker_init(_worker_id: int) -> None:
     # One loader worker = one core: keep OpenCV and torch from spawning threads inside it.
     import cv2

@@ -21,9 +21,10 @@ import torch
 
 from cvengine.adapters import adapter_class, load_model
 from cvengine.cli import raise_if_terminated
+from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
-from cvengine.engine.devices import build_accelerator, worker_init
+from cvengine.engine.devices import build_accelerator, size_host_threads, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook, check_tracking_uri
@@ -67,19 +68,25 @@ class Engine:
         self.monitor = recipe.train.monitor or self.task.main_metric
         self.mode = "min" if self.monitor.endswith("/loss") else self.task.mode
         self.accelerator = build_accelerator(recipe.train)
+        self.host_threads = size_host_threads(recipe.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         set_seed(recipe.train.seed)
 
         # Data first: a bad file fails here, before any run folder or MLflow run exists.
-        self.indexes = {}
-        for split in ("train", "val", "test"):
-            if getattr(recipe.data, split) is not None:
-                self.indexes[split] = self.task.load_index(recipe, split)
-                if len(self.indexes[split]) == 0:
-                    where = getattr(self.indexes[split], "annotations_path", None) or getattr(recipe.data, split).images
-                    raise RecipeError(f"data.{split}: {where} lists no images; give a split with at least one image")
-                refuse_large_images(self.indexes[split], recipe.data.max_image_pixels)
-        if not self.indexes:
+        splits = [split for split in ("train", "val", "test") if getattr(recipe.data, split) is not None]
+        if not splits:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
+        with max_image_pixels(recipe.data.max_image_pixels):
+            reports = {split: self.task.validate_split(recipe, split) for split in splits}
+        self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
+        for split, index in self.indexes.items():
+            if len(index) == 0:
+                where = getattr(index, "annotations_path", None) or getattr(recipe.data, split).images
+                raise RecipeError(f"data.{split}: {where} lists no images; give a split with at least one image")
+            refuse_large_images(index, recipe.data.max_image_pixels)
+        # After every check has passed, so that a refused run prints its one error line alone.
+        for split, report in reports.items():
+            if report.warning_counts():
+                log.warning(report.warnings_line(f"data.{split}"))
         reference = self.indexes.get("train") or next(iter(self.indexes.values()))
         for split, index in self.indexes.items():
             if index.label_map != reference.label_map:

@@ -39,6 +39,29 @@ class Task:
     def load_index(self, recipe, split: str):
         raise NotImplementedError
 
+    def masks_path(self, recipe, split: str) -> str | None:
+        """The split's mask folder (semantic PNG label maps, panoptic PNGs), resolved; None when unset."""
+        section = getattr(recipe.data, split)
+        return recipe.resolve_path(section.masks) if section is not None and section.masks else None
+
+    def validate_split(self, recipe, split: str):
+        """Every record of the split checked with this task's rules before anything is written
+        (cvengine.data.validate, the validator behind `data check`): the first error raises one line
+        naming the file and the record. Returns the report (its warnings, counted by kind)."""
+        from cvengine.data.validate import validate_or_raise
+
+        section = self.split_section(recipe, split, "images and annotations")
+        labels = recipe.data.labels
+        return validate_or_raise(
+            self.name, split,
+            recipe.resolve_path(section.annotations) if section.annotations else None,
+            recipe.resolve_path(section.images),
+            self.masks_path(recipe, split),
+            recipe.resolve_path(labels) if isinstance(labels, str) else labels,
+            ignore_index=recipe.data.ignore_index, reduce_labels=recipe.data.reduce_labels,
+            multi_label=recipe.model.multi_label, decode=recipe.data.check,
+        )
+
     def build_dataset(self, recipe, index, adapter, train: bool):
         raise NotImplementedError
 

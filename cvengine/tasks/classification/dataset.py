@@ -11,13 +11,13 @@ import os
 
 import numpy as np
 
-from cvengine.data.coco import CocoIndex, LabelMap, read_json
+from cvengine.data.coco import CocoIndex, ImageIndex, LabelMap, read_json
 from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import IMAGE_EXTENSIONS, image_folder_classes
 from cvengine.errors import DataError
 
 
-class ClassificationIndex:
+class ClassificationIndex(ImageIndex):
     """image_ids (N,), file_names (paths relative to images_dir), and per image its labels:
     `labels_of(i)` (L,) int64 contiguous labels (exactly one for single-label data)."""
 
@@ -35,20 +35,6 @@ class ClassificationIndex:
         self.labels = labels
         self.multi_label = multi_label
         self._position = {int(iid): i for i, iid in enumerate(image_ids)}
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_map)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.label_map.names
-
-    def image_path(self, i: int) -> str:
-        return os.path.join(self.images_dir, self.file_names[i])
 
     def position(self, image_id: int) -> int:
         return self._position[int(image_id)]

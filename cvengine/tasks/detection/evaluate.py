@@ -10,6 +10,9 @@ class DetectionEvaluator:
     rank's state and `compute` / `write`. The state is the predictions themselves (at most 100 boxes
     per image), keyed by image id so that the repeats that pad the last batch across ranks collapse."""
 
+    results = results  # the task's writer of COCO results rows
+    prediction_keys = ("image_id", "boxes_xyxy_abs", "scores", "labels")
+
     def __init__(self, index, predictions_path=None):
         self.index = index
         self.predictions_path = predictions_path
@@ -17,7 +20,7 @@ class DetectionEvaluator:
 
     def update(self, predictions: list[dict]) -> None:
         for p in predictions:
-            self.predictions[int(p["image_id"])] = {k: p[k] for k in ("image_id", "boxes_xyxy_abs", "scores", "labels")}
+            self.predictions[int(p["image_id"])] = {k: p[k] for k in self.prediction_keys}
 
     def state(self) -> dict:
         return self.predictions
@@ -34,7 +37,7 @@ class DetectionEvaluator:
         """COCO results of every image, in image id order (the predictions file's rows)."""
         position = {int(iid): i for i, iid in enumerate(self.index.image_ids)}
         label_map = self.index.label_map
-        return [r for iid in sorted(self.predictions) for r in results.records(self.predictions[iid], iid, self.index.file_names[position[iid]], label_map)]
+        return [r for iid in sorted(self.predictions) for r in self.results.records(self.predictions[iid], iid, self.index.file_names[position[iid]], label_map)]
 
     def compute(self) -> dict[str, float]:
         from cvengine.metrics.coco import evaluate_coco
@@ -44,4 +47,4 @@ class DetectionEvaluator:
         return {f"val/{k}": float(v) for k, v in stats.items()}
 
     def write(self) -> None:
-        results.write(self.predictions_path, self.records())
+        self.results.write(self.predictions_path, self.records())

@@ -2,37 +2,16 @@
 of the predicted masks' boxes (`val/bbox_map` …), pycocotools against the ORIGINAL annotations."""
 from __future__ import annotations
 
+from cvengine.tasks.detection.evaluate import DetectionEvaluator
 from cvengine.tasks.instance import results
 
 
-class InstanceSegmentationEvaluator:
+class InstanceSegmentationEvaluator(DetectionEvaluator):
     """Per rank: `update`, then `state()`; on the main rank `merge` and `compute` / `write`. The state
     is the predictions (at most 100 RLE masks per image, a few KB), keyed by image id."""
 
-    def __init__(self, index, predictions_path=None):
-        self.index = index
-        self.predictions_path = predictions_path
-        self.predictions: dict[int, dict] = {}
-
-    def update(self, predictions: list[dict]) -> None:
-        for p in predictions:
-            self.predictions[int(p["image_id"])] = {k: p[k] for k in ("image_id", "rles", "boxes_xyxy_abs", "scores", "labels")}
-
-    def state(self) -> dict:
-        return self.predictions
-
-    def merge(self, states: list[dict]) -> None:
-        for state in states:
-            self.predictions.update(state)
-
-    @property
-    def num_images(self) -> int:
-        return len(self.predictions)
-
-    def records(self) -> list[dict]:
-        position = {int(iid): i for i, iid in enumerate(self.index.image_ids)}
-        label_map = self.index.label_map
-        return [r for iid in sorted(self.predictions) for r in results.records(self.predictions[iid], iid, self.index.file_names[position[iid]], label_map)]
+    results = results
+    prediction_keys = ("image_id", "rles", "boxes_xyxy_abs", "scores", "labels")
 
     def compute(self) -> dict[str, float]:
         from cvengine.metrics.coco import evaluate_coco
@@ -45,6 +24,3 @@ class InstanceSegmentationEvaluator:
         metrics = {f"val/{k}": float(v) for k, v in segm.items()}
         metrics.update({f"val/bbox_{k}": float(v) for k, v in bbox.items()})
         return metrics
-
-    def write(self) -> None:
-        results.write(self.predictions_path, self.records())

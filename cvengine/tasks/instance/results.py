@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvengine.tasks.base import write_json
 from cvengine.tasks.detection import results as detection
 
 
@@ -16,12 +15,9 @@ def records(prediction: dict, image_id: int, file_name: str, label_map, out_dir=
     return [{**record, "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]}} for record, rle in zip(boxed, prediction["rles"])]
 
 
-def document(rows: list[dict], label_map=None) -> list[dict]:
-    return rows
-
-
-def write(path, rows: list[dict]) -> None:
-    write_json(path, document(rows))
+# The predictions file is the list of records, as for detection.
+document = detection.document
+write = detection.write
 
 
 def keep_above(prediction: dict, threshold: float) -> dict:

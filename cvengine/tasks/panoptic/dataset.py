@@ -11,13 +11,13 @@ import os
 
 import numpy as np
 
-from cvengine.data.coco import LabelMap, read_json
+from cvengine.data.coco import ImageIndex, LabelMap, read_json
 from cvengine.data.dataset import MaskSampleDataset
 from cvengine.errors import DataError
 from cvengine.metrics.panoptic import read_panoptic_png
 
 
-class PanopticIndex:
+class PanopticIndex(ImageIndex):
     """One COCO panoptic json. Per image position i: `image_ids[i]`, `file_names[i]` (the image),
     `png_names[i]` (its segment PNG under `masks_dir`), `segments[i]` = list of
     (segment_id, label, iscrowd)."""
@@ -65,23 +65,9 @@ class PanopticIndex:
     def load(cls, annotations_path, images_dir, masks_dir) -> "PanopticIndex":
         return cls(read_json(annotations_path), str(annotations_path), str(images_dir), str(masks_dir))
 
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_map)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.label_map.names
-
     @property
     def stuff_labels(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(~self.isthing)]
-
-    def image_path(self, i: int) -> str:
-        return os.path.join(self.images_dir, self.file_names[i])
 
     def png_path(self, i: int) -> str:
         return os.path.join(self.masks_dir, self.png_names[i])

@@ -18,20 +18,24 @@ class PanopticSegmentationTask(Task):
     def load_index(self, recipe, split: str):
         from cvengine.tasks.panoptic.dataset import PanopticIndex
 
+        masks = self.masks_path(recipe, split)  # checks the split's section and annotations first
+        section = getattr(recipe.data, split)
+        return PanopticIndex.load(recipe.resolve_path(section.annotations), recipe.resolve_path(section.images), masks)
+
+    def masks_path(self, recipe, split: str) -> str:
         section = self.split_section(recipe, split, "images, annotations (panoptic json) and masks (PNG folder)")
         if not section.annotations:
             raise RecipeError(f"data.{split}.annotations is required for {self.name} (a COCO panoptic json)")
-        annotations = recipe.resolve_path(section.annotations)
         if section.masks:
             masks = recipe.resolve_path(section.masks)
         else:
             # COCO's layout: panoptic_val2017.json beside the folder panoptic_val2017/.
-            masks = os.path.splitext(annotations)[0]
+            masks = os.path.splitext(recipe.resolve_path(section.annotations))[0]
             if not os.path.isdir(masks):
                 raise RecipeError(f"data.{split}.masks is not set and {masks}/ does not exist: give the folder of panoptic PNGs as data.{split}.masks")
         if not os.path.isdir(masks):
             raise RecipeError(f"data.{split}.masks: panoptic PNG folder not found: {masks}")
-        return PanopticIndex.load(annotations, recipe.resolve_path(section.images), masks)
+        return masks
 
     def build_dataset(self, recipe, index, adapter, train: bool):
         from cvengine.tasks.panoptic.dataset import PanopticDataset

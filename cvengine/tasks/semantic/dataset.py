@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from cvengine.data.coco import CocoIndex, LabelMap, read_json
+from cvengine.data.coco import CocoIndex, ImageIndex, LabelMap, read_json
 from cvengine.data.dataset import Sample, SampleDataset
 from cvengine.data.images import IMAGE_EXTENSIONS
 from cvengine.data.masks import BACKGROUND, IGNORE, paint_semantic_map, read_label_png, remap_png_labels
@@ -22,7 +22,7 @@ from cvengine.errors import DataError
 
 
 
-class SemanticIndex:
+class SemanticIndex(ImageIndex):
     """image_ids (N,), file_names (relative to images_dir), class_names, and `semantic_map(i)`: the
     ORIGINAL-size (H, W) uint8 label map of image position i."""
 
@@ -39,20 +39,6 @@ class SemanticIndex:
         self._position = {int(iid): i for i, iid in enumerate(image_ids)}
         if len(label_map) >= IGNORE:
             raise DataError(f"{annotations_path}: {len(label_map)} classes; label maps hold at most {IGNORE} (255 marks ignored pixels)")
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.label_map.names
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_map)
-
-    def image_path(self, i: int) -> str:
-        return os.path.join(self.images_dir, self.file_names[i])
 
     def position(self, image_id: int) -> int:
         return self._position[int(image_id)]
