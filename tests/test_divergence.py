@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,8 @@ def _classification(tmp_path, tiny_model, demo_classification) -> dict:
 def test_classification_keeps_the_last_good_checkpoint(tmp_path, tiny_model, demo_classification):
     result, errors = _run(tmp_path, _classification(tmp_path, tiny_model, demo_classification), "train.lr=1e6")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    # Measured: epoch 1 (4 steps) stays finite, the loss of epoch 2's second batch is NaN.
-    assert len(errors) == 1 and "train/loss is nan at step 6 (epoch 2, batch 2)" in errors[0], errors
+    # Measured: epoch 1 (4 steps) stays finite, a loss of epoch 2 is NaN; the line names its step.
+    assert len(errors) == 1 and re.search(r"train/loss is nan at step \d+ \(epoch 2, batch \d\)", errors[0]), errors
     run_dir = tmp_path / "runs" / "tests" / "diverged"
     for name in ("best", "last"):
         folder = run_dir / "checkpoints" / name
@@ -81,7 +82,9 @@ def test_classification_keeps_the_last_good_checkpoint(tmp_path, tiny_model, dem
 def test_nonfinite_batches_are_skipped_up_to_the_limit(tmp_path, tiny_model, demo_classification):
     result, errors = _run(tmp_path, _classification(tmp_path, tiny_model, demo_classification), "train.lr=1e6", "train.max_nonfinite_steps=2")
     assert result.returncode == 2, result.stderr[-3000:]
-    skipped = [line for line in result.stderr.splitlines() if "batch skipped" in line]
-    # A skipped batch changes nothing, so the next one is NaN again: batches 2 and 3 skipped, 4 stops.
-    assert [line.split(" (epoch")[1].split(")")[0] for line in skipped] == [" 2, batch 2", " 2, batch 3"]
-    assert len(errors) == 1 and "(epoch 2, batch 4)" in errors[0] and "3 non-finite" in errors[0], errors
+    where = re.compile(r"train/loss is nan at step \d+ \(epoch (\d+), batch (\d+)\)")
+    skipped = [tuple(map(int, where.search(line).groups())) for line in result.stderr.splitlines() if "batch skipped" in line]
+    # Two NaN batches skipped (nothing applied of them), the third stops the run.
+    assert len(skipped) == 2 and skipped[0] < skipped[1], result.stderr[-3000:]
+    assert len(errors) == 1 and "3 non-finite" in errors[0], errors
+    assert tuple(map(int, where.search(errors[0]).groups())) > skipped[1]
