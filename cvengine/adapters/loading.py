@@ -29,9 +29,18 @@ class LoadedModel(NamedTuple):
     reinitialised: list
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a model.name that can only be a folder: hub ids are "name" or "org/name"."""
+    text = str(name)
+    return text in (".", "..") or text.startswith(("./", "../", "/", "~", ".\\")) or text.count("/") >= 2 or "\\" in text
+
+
 def load_config(name: str):
     from transformers import AutoConfig
 
+    if looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        # Tried as a hub id, such a name costs a round of network retries and an error about the hub.
+        raise RecipeError(f"model.name '{name}': no such folder ({os.path.abspath(os.path.expanduser(name))}); create it or give a hub id such as 'org/name'")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -171,7 +180,11 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
     auto = auto_model_class(task, config.model_type)
     reinitialised: list = []
     if pretrained:
-        model, info = auto.from_pretrained(name, ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
+        try:
+            model, info = auto.from_pretrained(name, ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
+        except Exception as err:  # no weights file, a truncated one (SafetensorError), a torn download
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise RecipeError(f"model.name '{name}': its weights could not be loaded ({first}); give a complete checkpoint, or set model.pretrained = false to train from random weights") from None
         mismatched = list(info.get("mismatched_keys") or [])
         if mismatched:
             rows = checkpoint_label_rows(config, class_names)
