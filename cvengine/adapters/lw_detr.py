@@ -20,10 +20,25 @@ from cvengine.adapters.detr_segmentation import DetrMaskTargets
 from cvengine.adapters.mask_classification import InstanceSegmentationAdapter
 
 
+def own_storage(model) -> None:
+    """transformers loads the decoder's self-attention q/k/v projections of these checkpoints as views
+    of one fused tensor; safetensors refuses to write tensors that share storage only in part (the
+    checkpoint's model.safetensors). Each parameter gets its own storage, same values."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.untyped_storage().nbytes() != param.numel() * param.element_size():
+                    setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+
+
 class LwDetrAdapter(DetrFamilyAdapter):
     # The ViT encoder only: its projector (`model.backbone.projector.`) trains at the full lr, as in
     # LW-DETR's and RF-DETR's reference `lr_encoder`.
     backbone_prefixes = ("model.backbone.backbone.",)
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        super().__init__(model, processor, image_size)
+        own_storage(model)
 
 
 class RfDetrInstanceAdapter(DetrMaskTargets, InstanceSegmentationAdapter):
@@ -34,6 +49,10 @@ class RfDetrInstanceAdapter(DetrMaskTargets, InstanceSegmentationAdapter):
     # The detector sits at `model.` inside the segmentation model.
     backbone_prefixes = ("model.model.backbone.backbone.",)
     mask_rescoring = False
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        super().__init__(model, processor, image_size)
+        own_storage(model)
 
     @staticmethod
     def query_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
