@@ -22,7 +22,7 @@ import torch
 from cvengine.adapters import adapter_class, load_model
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json
-from cvengine.engine.devices import build_accelerator, size_host_threads, worker_init
+from cvengine.engine.devices import build_accelerator, size_host_threads, use_unused_parameter_search, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook
@@ -33,6 +33,17 @@ from cvengine.tasks import get_task
 log = logging.getLogger("cvengine")
 
 DEFAULT = "default"  # sentinel: the built-in CheckpointHook / MLflowHook
+
+
+def loader_workers(data) -> dict:
+    """DataLoader arguments of the workers from [data]: kept alive between epochs and evaluations
+    (SampleDataset keeps its epoch in shared memory so that they still see it) and batches prefetched."""
+    if data.num_workers == 0:
+        return {}
+    kwargs = {"persistent_workers": data.persistent_workers}
+    if data.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = data.prefetch_factor
+    return kwargs
 
 
 class Engine:
@@ -76,9 +87,11 @@ class Engine:
         # it has been trained or weights are loaded.
         self.untrained_head = list(reinitialised)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
+        use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
+        if recipe.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # With train.compile, Accelerate's dynamo settings compile the model here (lazily: at its first call).
         self.model = self.accelerator.prepare(model)
-        if recipe.train.compile:
-            self.model = torch.compile(self.model)
 
         self.state = TrainState()
         self.accelerator.register_for_checkpointing(self.state)
@@ -118,6 +131,7 @@ class Engine:
                 collate_fn=self.adapter.collate,
                 pin_memory=torch.cuda.is_available(),
                 worker_init_fn=worker_init,
+                **loader_workers(self.recipe.data),
                 generator=torch.Generator().manual_seed(self.recipe.train.seed) if train else None,
             )
             self._loaders[key] = (dataset, self.accelerator.prepare(loader))
@@ -207,7 +221,7 @@ class Engine:
             if self._train_batches is not None:
                 batch = send_to_device(batch, acc.device, non_blocking=True)
             with acc.accumulate(self.model):
-                outputs = self.model(**self.adapter.model_inputs(batch))
+                outputs = self._forward(batch)
                 loss, parts = self.adapter.loss(outputs)
                 acc.backward(loss)
                 if acc.sync_gradients and train.grad_clip > 0:
@@ -239,6 +253,22 @@ class Engine:
                 break
         mean = acc.reduce(epoch_loss / max(batches, 1), reduction="mean")
         return float(mean.item())
+
+    def _forward(self, batch: dict, with_labels: bool = True):
+        inputs = self.adapter.model_inputs(batch, with_labels=with_labels)
+        if self.recipe.train.channels_last and inputs["pixel_values"].dim() == 4:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        if not hasattr(self.model, "_orig_mod"):
+            return self.model(**inputs)
+        try:
+            return self.model(**inputs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure; an error of the model itself recurs in eager mode
+            # The compiled wrapper shares its parameters with the model below it (the one Accelerate
+            # checkpoints): the optimizer and checkpoints stay valid. Every later call runs eagerly.
+            self.model = self.model._orig_mod
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            log.warning(f"train.compile: the model did not compile ({type(error).__name__}: {first_line[:200]}); training continues eagerly")
+            return self.model(**inputs)
 
     def _update_best(self, metrics: dict) -> None:
         state = self.state
@@ -291,7 +321,7 @@ class Engine:
         batches = 0
         for batch in loader:
             # With the labels: one forward gives the predictions and the split's loss.
-            outputs = self.model(**self.adapter.model_inputs(batch, with_labels=with_loss))
+            outputs = self._forward(batch, with_labels=with_loss)
             if with_loss:
                 loss_sum += self.adapter.loss(outputs)[0].detach().float()
             batches += 1
