@@ -9,7 +9,10 @@ from cvengine.errors import CvengineError
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Our INFO lines; the libraries' at WARNING (the ONNX exporter's optimiser alone logs a line per
+    # initializer and per constant-folding decision at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("cvengine").setLevel(logging.INFO)
     _quiet_libraries()
     try:
         code = main(sys.argv[1:] if argv is None else argv)

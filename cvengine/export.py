@@ -57,7 +57,9 @@ def export_mlflow(model: str, tracking_uri: str | None, experiment: str, registe
     if run_info.get("run_id"):
         context = mlflow.start_run(run_id=run_info["run_id"])
     else:
-        mlflow.set_experiment(experiment)
+        from cvengine.engine.tracking import set_experiment
+
+        set_experiment(experiment)
         context = mlflow.start_run(run_name=f"export-{run_dir.name if run_dir else model_dir.name}")
     with context:
         info = log_pyfunc_model(model_dir, name=PYFUNC_NAME)

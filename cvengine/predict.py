@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -25,15 +26,27 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
+def _hidden(relative: Path) -> bool:
+    """True for files under dot-folders or dot-files (`.ipynb_checkpoints/`, `._x.jpg` from macOS)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images and videos, sorted, not recursive) and globs -> files, in order."""
+    """Files, folders (their images and videos, sorted, sub-folders included) and globs -> files, in order.
+
+    Folders are searched recursively because COCO `file_name`s often carry sub-folders
+    (`images/train/0001.jpg`): a data set's own images folder must be predictable as it is.
+    """
     files: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and p.is_file() and not _hidden(p.relative_to(path))
+            )
             if not found:
-                raise DataError(f"{path}: no images or videos in this folder")
+                raise DataError(f"{path}: no images or videos in this folder or its sub-folders")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -100,7 +113,7 @@ def count_items(files: list[Path], fps: float) -> int | None:
     return total
 
 
-def _rendered_name(name: str, used: set) -> str:
+def rendered_name(name: str, used: set) -> str:
     base = Path(name.replace("@", "_")).name
     stem = Path(base).stem if "@" not in name else base.replace(".", "_")
     candidate, n = f"{stem}.jpg", 1
@@ -110,32 +123,58 @@ def _rendered_name(name: str, used: set) -> str:
     return candidate
 
 
-def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, batch_size: int = 8, fps: float = 1.0, render: bool = True, draw_threshold: float = 0.3, device: str | None = None) -> Path:
-    """Predict on `inputs`; write `output/predictions.json` and `output/rendered/`. Returns the json path."""
-    from PIL import Image
+def image_records(task, predictor, image_id: int, name: str, image: np.ndarray, prediction: dict, threshold: float, png_folder: Path,
+                  rendered_path: Path | None, draw_threshold: float) -> list:
+    """One image's rows of predictions.json (and its rendered overlay when `rendered_path` is given):
+    the same code for the single-process loop and the Ray Data actors."""
+    prediction = task.filter_prediction(prediction, threshold)
+    if rendered_path is not None:
+        from PIL import Image
+
+        drawn = task.render(image, task.filter_prediction(prediction, max(threshold, draw_threshold)), predictor.class_names)
+        Image.fromarray(drawn).save(rendered_path, quality=90)
+    return task.prediction_records(prediction, image_id, name, predictor.label_map, png_folder)
+
+
+def predict(model: str, inputs: list[str], output: str, threshold: float = 0.0, batch_size: int = 8, fps: float = 1.0, render: bool = True,
+            draw_threshold: float = 0.3, device: str | None = None, backend: str = "local", actors: int | None = None) -> Path:
+    """Predict on `inputs`; write `output/predictions.json` and `output/rendered/`. Returns the json path.
+
+    backend "ray": the same Predictor in Ray Data actors (one per GPU, else `actors` CPU actors)."""
     from tqdm import tqdm
 
     from cvengine.serving.predictor import Predictor
 
+    started = time.perf_counter()
     files = expand_inputs(inputs)
-    predictor = Predictor.load(model, device=device, batch_size=batch_size)
-    task = predictor.task
     out_dir = Path(output)
     rendered_dir = out_dir / "rendered"
     rendered_dir.mkdir(parents=True, exist_ok=True)
-    records, used = [], set()
     # Tasks whose predictions are images (semantic and panoptic PNGs) write them here, beside the json.
     png_folder = out_dir / "predictions"
+    if backend == "ray":
+        from cvengine.distributed.batch import predict_with_ray
+
+        path = predict_with_ray(model, files, out_dir, threshold=threshold, batch_size=batch_size, render=render, draw_threshold=draw_threshold, actors=actors)
+        _log_rate(len(files), started)
+        return path
+    predictor = Predictor.load(model, device=device, batch_size=batch_size)
+    task = predictor.task
+    records, used, count = [], set(), 0
     stream = predictor.predict_stream(read_inputs(files, fps))
     for image_id, (name, image, prediction) in enumerate(tqdm(stream, total=count_items(files, fps), unit="img", desc="predict", disable=None), start=1):
-        prediction = task.filter_prediction(prediction, threshold)
-        records.extend(task.prediction_records(prediction, image_id, name, predictor.label_map, png_folder))
-        if render:
-            drawn = task.render(image, task.filter_prediction(prediction, max(threshold, draw_threshold)), predictor.class_names)
-            Image.fromarray(drawn).save(rendered_dir / _rendered_name(name, used), quality=90)
+        rendered = rendered_dir / rendered_name(name, used) if render else None
+        records.extend(image_records(task, predictor, image_id, name, image, prediction, threshold, png_folder, rendered, draw_threshold))
+        count = image_id
     path = out_dir / "predictions.json"
     task.write_predictions(path, records, predictor.label_map)
+    _log_rate(count, started)
     return path
+
+
+def _log_rate(count: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    log.info(f"predicted {count} images in {elapsed:.1f} s ({count / elapsed:.1f} images/s, model loading included)")
 
 
 def main(argv: list[str]) -> int:
@@ -149,10 +188,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from videos (default 1)")
     parser.add_argument("--no-render", action="store_true", help="write predictions.json only")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: a GPU when present)")
+    parser.add_argument(
+        "--backend", choices=("local", "ray"), default="local",
+        help="local: this process (default); ray: Ray Data actors on the cluster RAY_ADDRESS names, else a local one (images only)",
+    )
+    parser.add_argument("--actors", type=int, default=None, help="--backend ray: number of actors (default: one per GPU; without GPUs, one per CPU)")
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         raise CvengineError("--batch-size must be > 0")
-    path = predict(args.model, args.inputs, args.output, args.threshold, args.batch_size, args.fps, not args.no_render, args.draw_threshold, args.device)
+    if args.actors is not None and args.actors <= 0:
+        raise CvengineError("--actors must be > 0")
+    path = predict(
+        args.model, args.inputs, args.output, args.threshold, args.batch_size, args.fps, not args.no_render, args.draw_threshold, args.device,
+        backend=args.backend, actors=args.actors,
+    )
     print(f"written: {path}")
     return 0
 

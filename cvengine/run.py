@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from cvengine.cli import run_cli
 
@@ -22,6 +21,8 @@ def main(argv: list[str]) -> int:
     from cvengine.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.overrides)
+    if recipe.train.resume == "last":
+        recipe = with_saved_recipe(recipe, args.overrides)
     if recipe.distributed.backend == "ray":
         from cvengine.distributed.ray import fit_with_ray, ray_cluster
 
@@ -29,12 +30,29 @@ def main(argv: list[str]) -> int:
             result = fit_with_ray(recipe)
         log.info(f"Ray Train run finished; run folder: {result.get('run_dir')}")
         return 0
-    engine = Engine(recipe, progress=not args.no_progress)
-    state = engine.fit()
-    if engine.accelerator.is_main_process:
-        log.info(f"best {engine.monitor} = {state.best_metric} (epoch {state.best_epoch}); run folder: {engine.run_dir}")
-        log.info(f"model folder: {Path(engine.run_dir) / 'model'}")
+    # The engine's Progress hook prints the start-up line, one line per evaluation, the table and the
+    # closing line (best metrics, elapsed time, images/s, model folder).
+    Engine(recipe, progress=not args.no_progress).fit()
     return 0
+
+
+def with_saved_recipe(recipe, overrides: list[str]):
+    """train.resume = 'last': the run being continued trains on with its own saved recipe.toml (the
+    overrides it was started with included), plus this command's overrides; those that change the
+    saved recipe are named in one line. The recipe file's current values are not used."""
+    from cvengine.engine.checkpoint import find_run_dir
+    from cvengine.recipe import flatten, load_recipe, recipe_to_dict
+
+    run_dir, _ = find_run_dir(recipe, model_family="")
+    saved_file = run_dir / "recipe.toml"
+    if not saved_file.is_file():
+        return recipe
+    saved = flatten(recipe_to_dict(load_recipe(saved_file)))
+    kept = [o for o in overrides if o.split("=", 1)[0].strip() != "train.resume"]
+    resumed = load_recipe(saved_file, overrides=[*kept, "train.resume=last"])
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in flatten(recipe_to_dict(resumed)).items() if k != "train.resume" and saved.get(k) != v]
+    log.info(f"resuming {run_dir} with its saved recipe.toml" + (f"; changed by overrides: {', '.join(changed)}" if changed else ""))
+    return resumed
 
 
 if __name__ == "__main__":

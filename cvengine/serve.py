@@ -31,7 +31,7 @@ def build_app(model_uri: str):
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as err:
         first = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
-        raise CvengineError(f"cannot load model {model_uri}: {first} (for models:/ and runs:/ URIs set MLFLOW_TRACKING_URI to the store that holds it)") from None
+        raise CvengineError(f"cannot load model {model_uri}: {first} (for models:/ and runs:/ URIs pass --tracking-uri sqlite:///<output_dir>/mlflow.db, the store that holds it)") from None
     return scoring_server.init(model)
 
 
@@ -43,13 +43,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else ./runs/mlflow.db when present)")
     args = parser.parse_args(argv)
     if args.max_pixels <= 0:
         raise CvengineError("--max-pixels must be > 0")
     os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
-    if args.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    from cvengine.engine.tracking import store_for_uris
+
+    store = store_for_uris(args.tracking_uri)
+    if store:
+        os.environ["MLFLOW_TRACKING_URI"] = store
     import uvicorn
 
     app = build_app(args.model)

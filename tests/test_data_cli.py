@@ -357,3 +357,19 @@ def test_check_uses_the_exif_oriented_size_and_caps_lines_per_kind(tmp_path):
     assert lines[2] == "error: ... and 1 more 'image size mismatch' errors"
     proc = run_cli("check", ann, "--max-per-kind", "0", check_rc=1)  # --images defaults to images/ beside the file
     assert len(error_lines(proc)) == 3 and "3  error: image size mismatch" in proc.stdout
+
+
+def test_demo_refuses_a_non_empty_folder_without_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    run_cli("demo", out, "--num-train", "8", "--num-val", "2", check_rc=0)
+    (out / "tiny-model").mkdir()
+    (out / "tiny-model" / "config.json").write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = run_cli("demo", out, "--num-train", "4", "--num-val", "2", check_rc=2)
+    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # --overwrite replaces the demo's own folders, leaves no stale image behind, and keeps the rest.
+    run_cli("demo", out, "--num-train", "4", "--num-val", "2", "--overwrite", check_rc=0)
+    listed = {im["file_name"] for im in json.loads((out / "train" / "annotations.json").read_text())["images"]}
+    assert {p.relative_to(out / "train" / "images").as_posix() for p in (out / "train" / "images").rglob("*.jpg")} == listed
+    assert len(listed) == 4 and (out / "tiny-model" / "config.json").exists()

@@ -68,3 +68,23 @@ def test_predict_bad_input_is_one_line(trained_detection_run, tmp_path):
     result = run_module("cvengine.predict", "--model", trained_detection_run, tmp_path / "missing.jpg", "--output", tmp_path / "o")
     assert result.returncode == 2
     assert "input not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_folder_finds_images_in_sub_folders(tmp_path):
+    from PIL import Image
+
+    from cvengine.predict import expand_inputs
+
+    # A data set's own images/ folder whose COCO file_names carry sub-folders, plus files to skip.
+    for rel in ("images/a/1.jpg", "images/a/b/2.png", "images/0.jpg", "images/.ipynb_checkpoints/0.jpg", "images/a/notes.txt"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            Image.new("RGB", (4, 4)).save(path)
+    found = [p.relative_to(tmp_path / "images").as_posix() for p in expand_inputs([str(tmp_path / "images")])]
+    assert found == ["0.jpg", "a/1.jpg", "a/b/2.png"]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(Exception, match="no images or videos"):
+        expand_inputs([str(tmp_path / "empty")])

@@ -25,9 +25,18 @@ class LoadedModel(NamedTuple):
     reinitialised: list
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a model.name that can only be a folder: hub ids are "name" or "org/name"."""
+    text = str(name)
+    return text in (".", "..") or text.startswith(("./", "../", "/", "~", ".\\")) or text.count("/") >= 2 or "\\" in text
+
+
 def load_config(name: str):
     from transformers import AutoConfig
 
+    if looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        # Tried as a hub id, such a name costs a round of network retries and an error about the hub.
+        raise RecipeError(f"model.name '{name}': no such folder ({os.path.abspath(os.path.expanduser(name))}); create it or give a hub id such as 'org/name'")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:

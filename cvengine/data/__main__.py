@@ -1,8 +1,10 @@
-"""`python -m cvengine.data demo|check|stats`: make the demo data set, validate a data set, describe one.
+"""`python -m cvengine.data demo|check|stats|convert`: make the demo data set, validate a data set, describe
+one, convert one from another annotation format to COCO.
 
     python -m cvengine.data demo data/demo --task detection --seed 0
     python -m cvengine.data check data/demo/train/annotations.json --images data/demo/train/images
     python -m cvengine.data stats data/demo/train/annotations.json --json
+    python -m cvengine.data convert my_yolo_set data/mine --from yolo
 
 `check` exits 1 when it finds errors (warnings alone: 0); a path that cannot be opened exits 2. It
 prints each error (at most --max-per-kind of a kind) and each kind of warning once, with its count.
@@ -22,6 +24,14 @@ from cvengine.errors import DataError
 def _demo(args) -> int:
     from cvengine.data.demo import make_demo
 
+    if os.path.isdir(args.out_dir) and any(os.scandir(args.out_dir)):
+        if not args.overwrite:
+            raise DataError(f"{args.out_dir} is not empty: choose an empty folder, or pass --overwrite to replace the demo's train/ and val/ in it")
+        import shutil
+
+        # Only the folders the demo writes: a smaller demo must not leave the larger one's images behind.
+        for split in ("train", "val"):
+            shutil.rmtree(os.path.join(args.out_dir, split), ignore_errors=True)
     result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, layout=args.layout)
     height, width = result["canvas"]
     print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} categories) in {result['out_dir']}")
@@ -60,9 +70,21 @@ def _stats(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from cvengine.data.convert import convert
+
+    written = convert(args.src, args.dst, args.source_format, images=args.images, bbox_format=args.bbox_format, overwrite=args.overwrite)
+    for split, info in written.items():
+        print(
+            f"{split or 'all'}: {info['num_images']} images, {info['num_annotations']} annotations, {info['num_categories']} categories"
+            f" -> {info['annotations_path']} (images in {info['images_dir']})"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cvengine.data", description="Demo data, validation and statistics for COCO data sets.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,check,stats}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,check,stats,convert}")
 
     demo = sub.add_parser("demo", help="write a small COCO data set built from scikit-learn's handwritten digits")
     demo.add_argument("out_dir", metavar="DIR")
@@ -71,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-train", type=int, default=64, help="train images (default: 64)")
     demo.add_argument("--num-val", type=int, default=16, help="val images (default: 16)")
     demo.add_argument("--layout", default="coco", help="coco (default), or imagefolder for classification: images/<class>/<file>")
+    demo.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing its train/ and val/ folders")
     demo.set_defaults(handler=_demo)
 
     check = sub.add_parser("check", help="validate a data set (COCO, COCO panoptic, ImageFolder, PNG masks) and read every image it lists")
@@ -103,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--masks", metavar="DIR", help="COCO panoptic: folder of segment PNGs for pixel counts (default: ANNOTATIONS without .json, when present)")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(handler=_stats)
+
+    from cvengine.data.convert import FORMATS
+
+    convert = sub.add_parser("convert", help="convert YOLO, Pascal VOC, LabelMe, CVAT, Label Studio or Hugging Face datasets annotations to COCO json + images")
+    convert.add_argument("src", metavar="SRC", help="the source folder or annotation file (hf-datasets: a save_to_disk folder or a hub id)")
+    convert.add_argument("dst", metavar="DST", help="output folder: DST/<split>/annotations.json + images/ (DST/annotations.json when the source has no splits)")
+    convert.add_argument("--from", dest="source_format", required=True, choices=FORMATS, help="the source's format")
+    convert.add_argument("--images", metavar="DIR", help="cvat, labelstudio, labelme: the images folder (default: images/ beside the annotations)")
+    convert.add_argument("--bbox-format", choices=("xywh", "xyxy"), default="xywh", help="hf-datasets: how objects.bbox is stored (default xywh, as in cppe-5)")
+    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
+    convert.set_defaults(handler=_convert)
     return parser
 
 

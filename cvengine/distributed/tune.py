@@ -139,7 +139,7 @@ def run_trial_in_process(config: dict) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe = trial_recipe(config["base"], config["values"], _trial_name(config))
-    engine = Engine(recipe, checkpoint=TuneReportHook(), tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=False)
+    engine = Engine(recipe, checkpoint=TuneReportHook(), tracker=ChildRunMLflowHook(config["parent_run_id"]), progress=None)
     engine.fit()
 
 
@@ -178,10 +178,10 @@ def tune_recipe(recipe: Recipe, local_num_cpus: int | None = None) -> TuneSummar
 
     import mlflow
 
-    from cvengine.engine.tracking import tracking_uri
+    from cvengine.engine.tracking import set_experiment, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(base_recipe))
-    mlflow.set_experiment(base_recipe.tracking.experiment)
+    set_experiment(base_recipe.tracking.experiment)
     with mlflow.start_run(run_name=study) as parent:
         mlflow.log_params({"tune.metric": metric, "tune.mode": mode, "tune.num_samples": settings.num_samples, "tune.scheduler": settings.scheduler, "tune.search": settings.search})
         mlflow.log_dict(settings.space, "tune_space.json")

@@ -11,7 +11,10 @@ import logging
 import math
 import time
 
+from pathlib import Path
+
 import attrs
+import numpy as np
 
 log = logging.getLogger("cvengine")
 
@@ -80,12 +83,32 @@ class LearningRateMonitor(Callback):
             logs[f"lr/{group.get('name', i)}"] = group["lr"]
 
 
-class Progress(Callback):
-    """A bar per epoch with loss and images/s; a summary table at the end. Main process only."""
+def format_metric(value) -> str:
+    """A metric for a log line: counts as integers (32, not 32.0000), the rest with 4 decimals."""
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
+        return str(int(value))
+    return f"{value:.4f}"
 
-    def __init__(self, enabled: bool = True):
+
+class Progress(Callback):
+    """A start-up line, a bar per epoch with loss and images/s (enabled=True), one line per evaluation
+    and a summary table at the end. enabled=None: no output at all (Tune trials, whose study prints
+    its own table). Main process only."""
+
+    def __init__(self, enabled: bool | None = True):
         self.enabled = enabled
         self.bar = None
+
+    def on_fit_start(self, engine, state):
+        self.started, self.epochs_run = time.perf_counter(), 0
+        if self.enabled is None or not engine.accelerator.is_main_process:
+            return
+        sizes = ", ".join(f"{len(index)} {split}" for split, index in engine.indexes.items())
+        remaining = engine.recipe.train.max_epochs - state.epoch
+        log.info(
+            f"training {engine.model_family} ({engine.recipe.task}) on {engine.accelerator.device}: {sizes} images,"
+            f" {engine.steps_per_epoch} steps per epoch, {remaining} epoch(s) to go; run folder {engine.run_dir}"
+        )
 
     def on_epoch_start(self, engine, state):
         if not (self.enabled and engine.accelerator.is_main_process):
@@ -103,20 +126,24 @@ class Progress(Callback):
             self.bar.set_postfix(loss=f"{logs['train/loss']:.4f}", img_s=f"{logs['train/images_per_s']:.1f}")
 
     def on_eval_end(self, engine, state, metrics):
-        if engine.accelerator.is_main_process:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.count("/") == 1 and not math.isnan(v))
+        if self.enabled is not None and engine.accelerator.is_main_process:
+            # The epoch's bar goes first: a log line written under a live bar is glued to it.
+            self._close_bar()
+            shown = ", ".join(f"{k}={format_metric(v)}" for k, v in metrics.items() if k.count("/") == 1 and not math.isnan(v))
             log.info(f"epoch {state.epoch + 1}: {shown}")
 
     def on_epoch_end(self, engine, state):
+        self.epochs_run += 1
+        self._close_bar()
+
+    def _close_bar(self):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
     def on_fit_end(self, engine, state):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if not (self.enabled and engine.accelerator.is_main_process and state.history):
+        self._close_bar()
+        if self.enabled is None or not (engine.accelerator.is_main_process and state.history):
             return
         keys = [engine.monitor] + [k for k in ("val/map_50", "val/accuracy", "val/miou", "val/pq") if k != engine.monitor and k in state.history[-1]]
         header = f"{'epoch':>5}  {'train/loss':>10}  " + "  ".join(f"{k:>12}" for k in keys) + f"  {'seconds':>8}"
@@ -126,6 +153,19 @@ class Progress(Callback):
             vals = "  ".join(f"{row.get(k, float('nan')):>12.4f}" for k in keys)
             lines.append(f"{row['epoch']:>5}  {row.get('train/loss', float('nan')):>10.4f}  {vals}  {row['seconds']:>8.1f}{mark}")
         log.info("\n".join(lines) + f"\n(* best {engine.monitor}; run folder {engine.run_dir})")
+        log.info(self.closing_line(engine, state))
+
+    def closing_line(self, engine, state) -> str:
+        """The best epoch's main metric and its companion (detection: val/map AND val/map_50), this
+        process's wall time of fit and its training images per second (evaluation included)."""
+        elapsed = time.perf_counter() - self.started
+        best = next((row for row in state.history if row["epoch"] == state.best_epoch), state.history[-1])
+        keys = [engine.monitor] + [k for k in ("val/map_50",) if k != engine.monitor]
+        shown = ", ".join(f"{k} = {format_metric(best[k])}" for k in keys if k in best)
+        train = engine.indexes.get("train")
+        rate = f", {len(train) * self.epochs_run / elapsed:.1f} train images/s" if train is not None and elapsed > 0 else ""
+        where = f"model folder {engine.run_dir}/model" if (Path(engine.run_dir) / "model").is_dir() else f"run folder {engine.run_dir}"
+        return f"best {shown or 'epoch'} (epoch {state.best_epoch}); {self.epochs_run} epoch(s) in {elapsed:.1f} s{rate}; {where}"
 
 
 class Timer:

@@ -54,7 +54,7 @@ class Engine:
     CheckpointHook / MLflowHook, or None to switch them off.
     """
 
-    def __init__(self, recipe: Recipe, callbacks=(), checkpoint=DEFAULT, tracker=DEFAULT, run_dir: str | os.PathLike | None = None, progress: bool = True):
+    def __init__(self, recipe: Recipe, callbacks=(), checkpoint=DEFAULT, tracker=DEFAULT, run_dir: str | os.PathLike | None = None, progress: bool | None = True):
         from accelerate.utils import set_seed
 
         self.recipe = recipe
@@ -98,11 +98,14 @@ class Engine:
         self.run_dir, self.resume_from = run_folder.resolve_run_dir(self.accelerator, recipe, self.model_family, run_dir)
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
-        hooks = [LearningRateMonitor(), *callbacks, Progress(enabled=progress)]
+        hooks = [LearningRateMonitor(), *callbacks]
         if recipe.train.early_stopping_patience > 0:
             hooks.append(EarlyStopping(recipe.train.early_stopping_patience))
         hooks.append(CheckpointHook() if checkpoint == DEFAULT else checkpoint)
         hooks.append(MLflowHook() if tracker == DEFAULT else tracker)
+        # Progress last: its start-up line sees a resumed run's epoch, its closing line comes after
+        # the model folder and the MLflow run are written.
+        hooks.append(Progress(enabled=progress))
         self.hooks = [h for h in hooks if h is not None]
         self.optimizer = None
         self.scheduler = None

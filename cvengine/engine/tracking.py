@@ -24,6 +24,47 @@ def tracking_uri(recipe) -> str:
     return recipe.tracking.uri or default_tracking_uri(recipe.train.output_dir)
 
 
+DEFAULT_OUTPUT_DIR = "runs"
+
+
+def store_for_uris(explicit: str | None = None) -> str | None:
+    """The MLflow store that models:/ and runs:/ URIs are looked up in: `explicit` (a --tracking-uri
+    flag), else MLFLOW_TRACKING_URI, else the store a recipe with the default train.output_dir
+    writes (./runs/mlflow.db) when it exists here. None: MLflow's own default."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    local = os.path.join(DEFAULT_OUTPUT_DIR, "mlflow.db")
+    return default_tracking_uri(DEFAULT_OUTPUT_DIR) if os.path.isfile(local) else None
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Where a local sqlite store's artifacts belong: `mlartifacts/` beside the .db file, so that a
+    run folder's store and its artifacts (logged models included) move and delete together. MLflow's
+    own default for a sqlite store is `./mlruns` of whichever folder the first run started in."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return None
+    return Path(os.path.dirname(os.path.abspath(uri[len(prefix):]))).joinpath("mlartifacts").as_uri()
+
+
+def set_experiment(name: str):
+    """mlflow.set_experiment, creating a new experiment of a local sqlite store with its artifacts
+    beside the store (see `local_artifact_root`). Existing experiments keep their location."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root = local_artifact_root(mlflow.get_tracking_uri())
+    if root is not None and mlflow.get_experiment_by_name(name) is None:
+        try:
+            # Run ids and logged-model ids are unique in a store: experiments can share the root.
+            mlflow.create_experiment(name, artifact_location=root)
+        except MlflowException:
+            pass  # created meanwhile by another process: set_experiment below uses it
+    return mlflow.set_experiment(name)
+
+
 # The pyfunc model's name in the run; `model` is the plain model folder logged as artifacts.
 PYFUNC_NAME = "pyfunc"
 
@@ -62,7 +103,7 @@ class MLflowHook(Callback):
         if previous and engine.resume_from is not None:
             mlflow.start_run(run_id=previous)
         else:
-            mlflow.set_experiment(recipe.tracking.experiment)
+            set_experiment(recipe.tracking.experiment)
             mlflow.start_run(run_name=Path(engine.run_dir).name)
             params = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(recipe_to_dict(recipe)).items()}
             mlflow.log_params(params)

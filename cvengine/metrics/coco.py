@@ -345,3 +345,32 @@ def evaluate_coco(
     """
     evaluator = coco_evaluator(gt, results, iou_type)
     return {key: float(v) for key, v in zip(COCO_METRIC_KEYS, evaluator.stats)}
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, dict]:
+    """{category id: {"name", "ap", "ap_50"}} from an accumulated COCOeval, for categories with ground
+    truth (area "all", 100 detections, as `map` and `map_50`).
+
+    `evaluator.eval["precision"]` is (T IoU thresholds, R recall points, K categories, A areas, M maxDets),
+    -1 where a category has no ground truth; AP of category k is the mean over T and R of
+    precision[:, :, k, 0, -1] (AP50: over R at T = 0), as pycocotools' summarize computes `map`."""
+    precision = evaluator.eval["precision"]
+    params = evaluator.params
+    area = params.areaRngLbl.index("all")
+    out = {}
+    for k, category_id in enumerate(params.catIds):
+        values = precision[:, :, k, area, -1]
+        if not (values > -1).any():
+            continue
+        at_50 = values[int(np.argmin(np.abs(params.iouThrs - 0.5)))]
+        out[int(category_id)] = {
+            "name": evaluator.cocoGt.cats[category_id].get("name", str(category_id)),
+            "ap": float(values[values > -1].mean()),
+            "ap_50": float(at_50[at_50 > -1].mean()) if (at_50 > -1).any() else float("nan"),
+        }
+    return out
+
+
+def metric_name(text: str) -> str:
+    """A class name as part of an MLflow metric key (letters, digits, _ - . space / only)."""
+    return "".join(c if c.isalnum() or c in "_-. " else "_" for c in str(text))

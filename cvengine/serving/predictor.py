@@ -61,10 +61,18 @@ def _download_mlflow_model(uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    from cvengine.engine.tracking import store_for_uris
+
+    # A URI set by the caller (mlflow.set_tracking_uri, MLFLOW_TRACKING_URI) wins over ./runs/mlflow.db.
+    store = None if is_tracking_uri_set() else store_for_uris()
+    if store:
+        mlflow.set_tracking_uri(store)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
-        raise CvengineError(f"{uri}: {err.message.splitlines()[0]} (is MLFLOW_TRACKING_URI set to the store that holds it?)") from None
+        raise CvengineError(f"{uri}: {err.message.splitlines()[0]} (is MLFLOW_TRACKING_URI set to the store that holds it, e.g. sqlite:///runs/mlflow.db?)") from None
     # A pyfunc model logged by cvengine keeps the model folder under artifacts/.
     for candidate in (local, local / "artifacts" / "model", local / "model"):
         if (candidate / "config.json").exists():

@@ -28,6 +28,9 @@ MAX_PIXELS_ENV = "CVENGINE_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
+
+
 def bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=BAD_REQUEST)
 
@@ -50,7 +53,8 @@ def decode_image(value, row: int, limit: int) -> np.ndarray:
         return value
     if isinstance(value, str):
         try:
-            value = base64.b64decode(value, validate=True)
+            # MIME base64 breaks lines every 76 characters (Spark's base64() does): line breaks are not data.
+            value = base64.b64decode(value.translate(_LINE_BREAKS), validate=True)
         except (binascii.Error, ValueError):
             raise bad_request(f"row {row}: the '{IMAGE_COLUMN}' value is not valid base64") from None
     if not isinstance(value, (bytes, bytearray)):

@@ -39,6 +39,11 @@ class Task:
     def load_index(self, recipe, split: str):
         raise NotImplementedError
 
+    def split_files(self, recipe, split: str) -> tuple[str | None, str]:
+        """(annotations file or None, images folder) of a split, resolved."""
+        section = self.split_section(recipe, split, "images and annotations")
+        return (recipe.resolve_path(section.annotations) if section.annotations else None), recipe.resolve_path(section.images)
+
     def masks_path(self, recipe, split: str) -> str | None:
         """The split's mask folder (semantic PNG label maps, panoptic PNGs), resolved; None when unset."""
         section = getattr(recipe.data, split)
@@ -50,12 +55,10 @@ class Task:
         naming the file and the record. Returns the report (its warnings, counted by kind)."""
         from cvengine.data.validate import validate_or_raise
 
-        section = self.split_section(recipe, split, "images and annotations")
+        annotations, images = self.split_files(recipe, split)
         labels = recipe.data.labels
         return validate_or_raise(
-            self.name, split,
-            recipe.resolve_path(section.annotations) if section.annotations else None,
-            recipe.resolve_path(section.images),
+            self.name, split, annotations, images,
             self.masks_path(recipe, split),
             recipe.resolve_path(labels) if isinstance(labels, str) else labels,
             ignore_index=recipe.data.ignore_index, reduce_labels=recipe.data.reduce_labels,

@@ -40,11 +40,15 @@ class DetectionEvaluator:
         return [r for iid in sorted(self.predictions) for r in self.results.records(self.predictions[iid], iid, self.index.file_names[position[iid]], label_map)]
 
     def compute(self) -> dict[str, float]:
-        from cvengine.metrics.coco import evaluate_coco
+        from cvengine.metrics.coco import COCO_METRIC_KEYS, coco_evaluator, metric_name, per_class_ap
 
         # The rows written to the predictions file are the rows scored: metrics from the file equal these.
-        stats = evaluate_coco(self.index.coco(), self.records(), iou_type="bbox")
-        return {f"val/{k}": float(v) for k, v in stats.items()}
+        evaluator = coco_evaluator(self.index.coco(), self.records(), iou_type="bbox")
+        metrics = {f"val/{k}": float(v) for k, v in zip(COCO_METRIC_KEYS, evaluator.stats)}
+        # Per class under a second "/" (val/ap/<name>): tracked and kept in metrics.json, left out of the
+        # one-line epoch summary.
+        metrics.update({f"val/ap/{metric_name(row['name'])}": row["ap"] for row in per_class_ap(evaluator).values()})
+        return metrics
 
     def write(self) -> None:
         self.results.write(self.predictions_path, self.records())

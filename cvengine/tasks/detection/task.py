@@ -14,13 +14,21 @@ class DetectionTask(Task):
     onnx_outputs = ("logits", "pred_boxes")
     results = results
 
+    def split_files(self, recipe, split: str) -> tuple[str, str]:
+        annotations, images = super().split_files(recipe, split)
+        if annotations is None:
+            from cvengine.data.convert import hf_split_as_coco, is_hf_dataset_folder
+
+            if is_hf_dataset_folder(images):
+                # A Hugging Face datasets folder (image + objects{bbox, category}) instead of COCO files.
+                return hf_split_as_coco(images, split)
+            raise RecipeError(f"data.{split}.annotations is required for {self.name} (or data.{split}.images naming a Hugging Face datasets folder)")
+        return annotations, images
+
     def load_index(self, recipe, split: str):
         from cvengine.data.coco import CocoIndex
 
-        section = self.split_section(recipe, split, "images and annotations")
-        if not section.annotations:
-            raise RecipeError(f"data.{split}.annotations is required for {self.name}")
-        return CocoIndex.load(recipe.resolve_path(section.annotations), recipe.resolve_path(section.images))
+        return CocoIndex.load(*self.split_files(recipe, split))
 
     def build_dataset(self, recipe, index, adapter, train: bool):
         from cvengine.tasks.detection.dataset import CocoDetectionDataset
