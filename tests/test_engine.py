@@ -197,8 +197,9 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_model, demo_detect
     # Validation covers the whole split although each rank saw half of it.
     assert metrics["last"]["val/num_images"] == 8
     last = run_dir / "checkpoints" / "last"
-    assert (last / "random_states_1.pkl").exists()  # rank 1 took part
-    state = torch.load(last / "custom_checkpoint_0.pkl", weights_only=False)
+    assert (last / "rng_state_1.safetensors").exists()  # rank 1 took part
+    assert not list(last.rglob("*.pkl"))
+    state = json.loads((last / "train_state.json").read_text())
     assert state["global_step"] == 2 * 2  # 16 images / (batch 4 × 2 ranks) = 2 steps per epoch
 
 

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 import torch
 
-from cvengine.data.images import read_image
+from cvengine.data.images import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from cvengine.errors import DataError
 
 
@@ -42,6 +42,9 @@ class SampleDataset(torch.utils.data.Dataset):
     flips would be the same draws and their decisions correlated.
     """
 
+    # data.max_image_pixels (set by the engine): larger images are refused before decoding.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
     def __init__(self, index, augment=None, resize: Callable | None = None, seed: int = 0):
         self.index = index
         self.augment = augment
@@ -71,7 +74,7 @@ class SampleDataset(torch.utils.data.Dataset):
         """Image position i as (H, W, 3) uint8 RGB, refusing a file whose size (EXIF orientation
         applied) is not the record's: boxes and masks would land in the wrong place."""
         path = self.index.image_path(i)
-        image = read_image(path)
+        image = read_image(path, self.max_image_pixels)
         expected = (int(self.index.heights[i]), int(self.index.widths[i]))
         if expected != image.shape[:2] and min(expected) > 0:
             swapped = " (swapped: EXIF orientation rotates this file)" if expected == image.shape[1::-1] else ""
