@@ -86,6 +86,10 @@ class DataSection:
     root: Optional[str] = None
     batch_size: int = attrs.field(default=8, validator=_positive)
     num_workers: int = attrs.field(default=2, validator=_non_negative)
+    # Loader workers kept alive from one epoch (and evaluation) to the next instead of re-started,
+    # and batches each worker prepares ahead (empty: torch's 2); no effect with num_workers = 0.
+    persistent_workers: bool = False
+    prefetch_factor: Optional[int] = attrs.field(default=None, validator=_positive)
     # Shorter side (or square side for fixed-size models) in pixels; overrides the processor's size,
     # scaling its longest-edge limit by the same factor.
     image_size: Optional[int] = attrs.field(default=None, validator=_positive)
@@ -181,7 +185,14 @@ class TrainSection:
     early_stopping_patience: int = attrs.field(default=0, validator=_non_negative)
     # "last" (the newest run of the experiment, or tracking.run_name's) or a checkpoint folder.
     resume: Optional[str] = None
+    # torch.compile through Accelerate's dynamo settings, with dynamic shapes (detection batches
+    # change size); a model that fails to compile trains eagerly, with one warning line.
     compile: bool = False
+    # A torch.compile backend: "inductor" (generated kernels), "aot_eager" (traces, no codegen).
+    compile_backend: str = attrs.field(default="inductor", validator=_one_of(("inductor", "aot_eager", "eager", "cudagraphs")))
+    # Model weights and images in channels-last memory order: faster convolutions on GPUs (tensor
+    # cores) for convolutional backbones; no gain for vision transformers.
+    channels_last: bool = False
     log_every_steps: int = attrs.field(default=10, validator=_positive)
     # Evaluate (and save checkpoints) every N epochs, and always after the last one.
     eval_every_epochs: int = attrs.field(default=1, validator=_positive)

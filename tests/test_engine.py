@@ -105,11 +105,14 @@ class StopAfterEpoch(Callback):
             state.should_stop = True
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_model, demo_detection):
+# The speed switches: persistent workers keep the epoch's augmentation, channels-last weights save and load.
+@pytest.mark.parametrize("speed", [{}, {"persistent_workers": True, "prefetch_factor": 3, "channels_last": True}], ids=["plain", "speed-switches"])
+def test_resume_equals_uninterrupted(speed, tmp_path, tiny_model, demo_detection):
     def recipe(run_name, **train):
-        data = detection_recipe(demo_detection, tiny_model("detection", "deformable_detr"), tmp_path / "runs", max_epochs=2, **train)
+        data = detection_recipe(demo_detection, tiny_model("detection", "deformable_detr"), tmp_path / "runs", max_epochs=2, **train, **{k: v for k, v in speed.items() if k == "channels_last"})
         data["augment"] = {"enabled": True}  # seeded per sample: identical across workers and resumes
         data["data"]["num_workers"] = 2
+        data["data"].update({k: v for k, v in speed.items() if k != "channels_last"})
         data["tracking"]["run_name"] = run_name
         return load_recipe(data)
 

@@ -34,6 +34,8 @@ class DetrFamilyAdapter(Adapter):
 
     task = "detection"
     auto_model = "AutoModelForObjectDetection"
+    # Their first decoder layer has a query_scale module that the layer does not apply.
+    unused_parameter_families = frozenset({"conditional_detr", "dab-detr"})
     # The CNN backbone of the DETR line; DEIMv2's backbone (HGNetV2 or DINOv3); YOLOS's whole ViT.
     backbone_prefixes = ("model.backbone.", "model.conv_encoder.model.", "vit.")
 

@@ -50,11 +50,17 @@ class SampleDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.resize = resize
         self.seed = seed
-        self.epoch = 0
+        # In shared memory: persistent loader workers hold a copy of this dataset made when they
+        # started, and must still see the epoch set afterwards (set before the epoch's first index
+        # is sent to them).
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        # Workers are re-created each epoch (no persistent workers), so they see the new value.
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.index)

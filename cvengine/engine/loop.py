@@ -24,7 +24,7 @@ from cvengine.cli import raise_if_terminated
 from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
-from cvengine.engine.devices import build_accelerator, size_host_threads, worker_init
+from cvengine.engine.devices import build_accelerator, size_host_threads, use_unused_parameter_search, worker_init
 from cvengine.engine.hooks import EMA, EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
 from cvengine.engine.tracking import MLflowHook, check_tracking_uri
@@ -35,6 +35,17 @@ from cvengine.tasks import get_task
 log = logging.getLogger("cvengine")
 
 DEFAULT = "default"  # sentinel: the built-in CheckpointHook / MLflowHook
+
+
+def loader_workers(data) -> dict:
+    """DataLoader arguments of the workers from [data]: kept alive between epochs and evaluations
+    (SampleDataset keeps its epoch in shared memory so that they still see it) and batches prefetched."""
+    if data.num_workers == 0:
+        return {}
+    kwargs = {"persistent_workers": data.persistent_workers}
+    if data.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = data.prefetch_factor
+    return kwargs
 
 
 def refuse_large_images(index, max_pixels: int) -> None:
@@ -99,9 +110,11 @@ class Engine:
         # it has been trained or weights are loaded.
         self.untrained_head = list(reinitialised)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
+        use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
+        if recipe.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # With train.compile, Accelerate's dynamo settings compile the model here (lazily: at its first call).
         self.model = self.accelerator.prepare(model)
-        if recipe.train.compile:
-            self.model = torch.compile(self.model)
 
         self.state = TrainState()
         tracker = MLflowHook() if tracker == DEFAULT else tracker
@@ -149,6 +162,7 @@ class Engine:
                 collate_fn=self.adapter.collate,
                 pin_memory=torch.cuda.is_available(),
                 worker_init_fn=worker_init,
+                **loader_workers(self.recipe.data),
                 generator=torch.Generator().manual_seed(self.recipe.train.seed) if train else None,
             )
             self._loaders[key] = (dataset, self.accelerator.prepare(loader))
@@ -284,6 +298,22 @@ class Engine:
         mean = acc.reduce(epoch_loss / max(batches, 1), reduction="mean")
         return float(mean.item())
 
+    def _forward(self, batch: dict, with_labels: bool = True):
+        inputs = self.adapter.model_inputs(batch, with_labels=with_labels)
+        if self.recipe.train.channels_last and inputs["pixel_values"].dim() == 4:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        if not hasattr(self.model, "_orig_mod"):
+            return self.model(**inputs)
+        try:
+            return self.model(**inputs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure; an error of the model itself recurs in eager mode
+            # The compiled wrapper shares its parameters with the model below it (the one Accelerate
+            # checkpoints): the optimizer and checkpoints stay valid. Every later call runs eagerly.
+            self.model = self.model._orig_mod
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            log.warning(f"train.compile: the model did not compile ({type(error).__name__}: {first_line[:200]}); training continues eagerly")
+            return self.model(**inputs)
+
     def _where(self, epoch: int, batch: int) -> str:
         return f"at step {self.state.global_step + 1} (epoch {epoch + 1}, batch {batch + 1})"
 
@@ -292,14 +322,14 @@ class Engine:
         fail inside their forward (e.g. a matcher refusing a NaN cost matrix): that is reported as
         divergence, not as the model's error."""
         try:
-            outputs = self.model(**self.adapter.model_inputs(batch))
+            outputs = self._forward(batch)
             return self.adapter.loss(outputs)
         except Exception:
             where = self._where(epoch, batch_index)
             run_folder.refuse_nonfinite_weights(self, where)
             # Finite but huge weights overflow to inf/NaN activations: see what the model outputs.
             with torch.no_grad():
-                outputs = self.model(**self.adapter.model_inputs(batch, with_labels=False))
+                outputs = self._forward(batch, with_labels=False)
             values = [v for v in (outputs.values() if hasattr(outputs, "values") else [outputs]) if isinstance(v, torch.Tensor) and v.is_floating_point()]
             if any(not bool(torch.isfinite(v).all()) for v in values):
                 raise TrainingDiverged(
@@ -378,7 +408,7 @@ class Engine:
         for batch in loader:
             raise_if_terminated()
             # With the labels: one forward gives the predictions and the split's loss.
-            outputs = self.model(**self.adapter.model_inputs(batch, with_labels=with_loss))
+            outputs = self._forward(batch, with_labels=with_loss)
             if with_loss:
                 loss_sum += self.adapter.loss(outputs)[0].detach().float()
             batches += 1
