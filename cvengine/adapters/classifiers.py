@@ -16,6 +16,10 @@ class AnyBackboneClassificationAdapter(ImageClassificationAdapter):
     follows the number of classes: the base-model prefix does not separate them in every family
     (CLIP-like models keep their tower at `vision_model.`, Perceiver its decoder inside `perceiver.`)."""
 
+    # Without a gradient in training: the vision tower's post_layernorm of CLIP-like models (the head
+    # pools before it), DINOv2-with-registers' mask token.
+    unused_parameter_families = frozenset({"clip", "metaclip_2", "siglip", "dinov2_with_registers"})
+
     def backbone_parameter_names(self, model) -> set[str]:
         import copy
 

@@ -35,6 +35,8 @@ class LwDetrAdapter(DetrFamilyAdapter):
     # The ViT encoder only: its projector (`model.backbone.projector.`) trains at the full lr, as in
     # LW-DETR's and RF-DETR's reference `lr_encoder`.
     backbone_prefixes = ("model.backbone.backbone.",)
+    # RF-DETR's DINOv2 backbone keeps a mask token that training never uses.
+    unused_parameter_families = frozenset({"rf_detr"})
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
@@ -49,6 +51,7 @@ class RfDetrInstanceAdapter(DetrMaskTargets, InstanceSegmentationAdapter):
     # The detector sits at `model.` inside the segmentation model.
     backbone_prefixes = ("model.model.backbone.backbone.",)
     mask_rescoring = False
+    unused_parameter_families = LwDetrAdapter.unused_parameter_families
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)

@@ -12,6 +12,12 @@ _SIDE = SEMANTIC_SIDE
 _SQUARE = {"height": _SIDE, "width": _SIDE}
 
 
+class SegmenterAdapter(SemanticSegmentationAdapter):
+    # Without a gradient in training: data2vec-vision's last encoder layer (the head reads earlier
+    # ones), MobileNetV2's final 1x1 convolution (DeepLabV3 reads an earlier stage).
+    unused_parameter_families = SemanticSegmentationAdapter.unused_parameter_families | {"data2vec-vision", "mobilenet_v2"}
+
+
 def tiny_segmenter(family: str):
     """(config, image processor) of a small random-init semantic segmentation model, at 128 px."""
     import transformers as T
@@ -35,4 +41,4 @@ def tiny_segmenter(family: str):
     raise KeyError(family)
 
 
-FAMILIES = [Family(name, "semantic_segmentation", SemanticSegmentationAdapter, functools.partial(tiny_segmenter, name)) for name in ("data2vec-vision", "mobilenet_v2", "mobilevitv2", "sapiens2")]
+FAMILIES = [Family(name, "semantic_segmentation", SegmenterAdapter, functools.partial(tiny_segmenter, name)) for name in ("data2vec-vision", "mobilenet_v2", "mobilevitv2", "sapiens2")]
