@@ -11,7 +11,7 @@ import tomli_w
 from conftest import run_module
 
 # (task, family, steps, lr, main metric, threshold). Measured best values here (CPU, torch 2.13):
-# rf_detr detection map_50 0.767; rf_detr instance map_50 0.862 (0.475 and 0.463 with lr 1e-3 before
+# rf_detr detection map_50 0.767; rf_detr instance map_50 0.862 (0.475, and 0.463 at lr 1e-3, before
 # the inputs followed the processors' resampling); pvt_v2 accuracy 1.000; eomt instance map_50 1.000,
 # panoptic PQ 0.933, semantic mIoU 0.827 (150 steps).
 CASES = [
