@@ -12,3 +12,7 @@ class RecipeError(CvengineError):
 
 class DataError(CvengineError):
     pass
+
+
+class TrainingDiverged(CvengineError):
+    """The loss or the weights became NaN or inf: training stopped, nothing non-finite was saved."""

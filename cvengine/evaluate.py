@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint folder (default: best)")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report (report/report.html)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     metrics, run_dir = evaluate_run(args.target, args.checkpoint, args.split, args.overrides, report=not args.no_report)
     print(format_table(metrics))
     print(f"written: {run_dir / 'metrics.json'}")

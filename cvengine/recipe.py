@@ -5,6 +5,7 @@ Every field here is read by exactly one consumer; a key that nothing reads does 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import types
 import typing
@@ -35,14 +36,28 @@ def _known_task(instance, attribute, value):
         raise RecipeError(f"'{attribute.name}' must be one of {', '.join(TASKS)}; got {value!r}")
 
 
+def _finite(attribute, value) -> None:
+    # NaN passes every comparison (grad_clip = nan silently disabled clipping); inf is no setting.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"'{attribute.name}' must be a finite number; got {value!r}")
+
+
 def _positive(instance, attribute, value):
+    _finite(attribute, value)
     if value is not None and value <= 0:
         raise RecipeError(f"'{attribute.name}' must be > 0; got {value!r}")
 
 
 def _non_negative(instance, attribute, value):
+    _finite(attribute, value)
     if value is not None and value < 0:
         raise RecipeError(f"'{attribute.name}' must be >= 0; got {value!r}")
+
+
+def _seed(instance, attribute, value):
+    # NumPy and the loader workers take seeds in [0, 2**32).
+    if not 0 <= value < 2**32:
+        raise RecipeError(f"'{attribute.name}' must be in [0, 2**32); got {value!r}")
 
 
 @attrs.define
@@ -71,6 +86,10 @@ class DataSection:
     root: Optional[str] = None
     batch_size: int = attrs.field(default=8, validator=_positive)
     num_workers: int = attrs.field(default=2, validator=_non_negative)
+    # Loader workers kept alive from one epoch (and evaluation) to the next instead of re-started,
+    # and batches each worker prepares ahead (empty: torch's 2); no effect with num_workers = 0.
+    persistent_workers: bool = False
+    prefetch_factor: Optional[int] = attrs.field(default=None, validator=_positive)
     # Shorter side (or square side for fixed-size models) in pixels; overrides the processor's size,
     # scaling its longest-edge limit by the same factor.
     image_size: Optional[int] = attrs.field(default=None, validator=_positive)
@@ -80,6 +99,9 @@ class DataSection:
     # semantic_segmentation with PNG masks: class names by label id, as a list ["wall", "floor", …]
     # or a file (JSON list, JSON object {"0": "wall", …}, or one name per line).
     labels: Optional[Union[str, list]] = None
+    # Images with more pixels (width x height, from the file header) are refused before decoding:
+    # a small compressed file can decode to gigabytes.
+    max_image_pixels: int = attrs.field(default=40_000_000, validator=_positive)
     # The mask value that marks unlabelled pixels (not trained on, not scored).
     ignore_index: int = 255
     # ADE20K convention: mask value 0 is "other" (ignored) and every other value v is class v - 1.
@@ -110,7 +132,10 @@ class TrainSection:
     # Max global gradient norm; 0 disables clipping.
     grad_clip: float = attrs.field(default=0.1, validator=_non_negative)
     accumulate: int = attrs.field(default=1, validator=_positive)
-    seed: int = 42
+    # Batches with a NaN or inf loss that are skipped (not applied) before training stops; 0: stop at
+    # the first. Nothing non-finite is ever saved.
+    max_nonfinite_steps: int = attrs.field(default=0, validator=_non_negative)
+    seed: int = attrs.field(default=42, validator=_seed)
     output_dir: str = "runs"
     # Metric that selects the best checkpoint and drives early stopping; empty: the task's main metric.
     monitor: Optional[str] = None
@@ -118,7 +143,14 @@ class TrainSection:
     early_stopping_patience: int = attrs.field(default=0, validator=_non_negative)
     # "last" (the newest run of the experiment, or tracking.run_name's) or a checkpoint folder.
     resume: Optional[str] = None
+    # torch.compile through Accelerate's dynamo settings, with dynamic shapes (detection batches
+    # change size); a model that fails to compile trains eagerly, with one warning line.
     compile: bool = False
+    # A torch.compile backend: "inductor" (generated kernels), "aot_eager" (traces, no codegen).
+    compile_backend: str = attrs.field(default="inductor", validator=_one_of(("inductor", "aot_eager", "eager", "cudagraphs")))
+    # Model weights and images in channels-last memory order: faster convolutions on GPUs (tensor
+    # cores) for convolutional backbones; no gain for vision transformers.
+    channels_last: bool = False
     log_every_steps: int = attrs.field(default=10, validator=_positive)
     # Evaluate (and save checkpoints) every N epochs, and always after the last one.
     eval_every_epochs: int = attrs.field(default=1, validator=_positive)
@@ -391,6 +423,12 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
                 data = tomli.load(fh)
         except FileNotFoundError:
             raise RecipeError(f"recipe file not found: {path}") from None
+        except IsADirectoryError:
+            raise RecipeError(f"{path} is a folder, not a recipe file; give the .toml file") from None
+        except OSError as err:
+            raise RecipeError(f"{path}: cannot read the recipe ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path} is not a text file; give a TOML recipe") from None
         except tomli.TOMLDecodeError as err:
             raise RecipeError(f"{path} is not valid TOML: {err}") from None
     recipe = _structure(Recipe, data, "", where)  # validate the file on its own first

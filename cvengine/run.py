@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("recipe", help="TOML recipe file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.max_epochs=3 data.root=./demo")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from cvengine.engine.loop import Engine
     from cvengine.recipe import load_recipe

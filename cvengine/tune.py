@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cvengine.tune", description="Search hyper-parameters with Ray Tune over the keys in the recipe's [tune.space].")
     parser.add_argument("recipe", help="TOML recipe file with a [tune] section")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as tune.num_samples=16 train.max_epochs=5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from cvengine.distributed.tune import tune_recipe
     from cvengine.recipe import load_recipe

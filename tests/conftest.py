@@ -126,3 +126,16 @@ def trained_detection_run(tiny_model, demo_detection, tmp_path_factory) -> Path:
     engine = Engine(recipe, tracker=None, progress=False)
     engine.fit()
     return Path(engine.run_dir)
+
+
+@pytest.fixture(scope="session")
+def check_unused_parameters():
+    """check(adapter, model), after one training backward of `model`: the adapter declares that the
+    family leaves parameters without a gradient exactly when some have none, as DDP would find them
+    (its find_unused_parameters=False fails on such a step; =True costs every other family's steps)."""
+
+    def check(adapter, model) -> None:
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert adapter.has_unused_parameters(model) == bool(unused), f"{model.config.model_type}: parameters without a gradient: {unused[:5]}"
+
+    return check

@@ -14,7 +14,7 @@ from cvengine.tasks.detection.dataset import CocoDetectionDataset
 
 
 @pytest.mark.parametrize("family", sorted(ADAPTERS["detection"]))
-def test_detection_family_trains_and_postprocesses(family, tiny_model, demo_detection):
+def test_detection_family_trains_and_postprocesses(family, tiny_model, check_unused_parameters, demo_detection):
     index = CocoIndex.load(demo_detection / "val" / "annotations.json", demo_detection / "val" / "images")
     model, processor, model_type, _ = load_model(tiny_model("detection", family), True, "detection", index.class_names)
     assert model_type == family
@@ -30,6 +30,7 @@ def test_detection_family_trains_and_postprocesses(family, tiny_model, demo_dete
     assert math.isfinite(loss.item()) and loss.item() > 0
     assert parts and all(math.isfinite(v.item()) for v in parts.values())
     loss.backward()
+    check_unused_parameters(adapter, model)
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 

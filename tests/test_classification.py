@@ -38,7 +38,7 @@ def _write_toml(path, recipe: dict):
 
 
 @pytest.mark.parametrize("family", sorted(f for f in ADAPTERS["classification"] if f != "timm_wrapper"))
-def test_classification_family(family, tiny_model, demo_classification):
+def test_classification_family(family, tiny_model, check_unused_parameters, demo_classification):
     index = ClassificationIndex.from_coco(str(demo_classification / "val" / "annotations.json"), str(demo_classification / "val" / "images"))
     model, processor, model_type, _ = load_model(tiny_model("classification", family), True, "classification", index.class_names)
     assert model_type == family and model.config.id2label == dict(enumerate(DIGITS))
@@ -53,6 +53,7 @@ def test_classification_family(family, tiny_model, demo_classification):
     loss, _ = adapter.loss(outputs)
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
+    check_unused_parameters(adapter, model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 

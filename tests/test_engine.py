@@ -105,11 +105,14 @@ class StopAfterEpoch(Callback):
             state.should_stop = True
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_model, demo_detection):
+# The speed switches: persistent workers keep the epoch's augmentation, channels-last weights save and load.
+@pytest.mark.parametrize("speed", [{}, {"persistent_workers": True, "prefetch_factor": 3, "channels_last": True}], ids=["plain", "speed-switches"])
+def test_resume_equals_uninterrupted(speed, tmp_path, tiny_model, demo_detection):
     def recipe(run_name, **train):
-        data = detection_recipe(demo_detection, tiny_model("detection", "deformable_detr"), tmp_path / "runs", max_epochs=2, **train)
+        data = detection_recipe(demo_detection, tiny_model("detection", "deformable_detr"), tmp_path / "runs", max_epochs=2, **train, **{k: v for k, v in speed.items() if k == "channels_last"})
         data["augment"] = {"enabled": True}  # seeded per sample: identical across workers and resumes
         data["data"]["num_workers"] = 2
+        data["data"].update({k: v for k, v in speed.items() if k != "channels_last"})
         data["tracking"]["run_name"] = run_name
         return load_recipe(data)
 
@@ -194,8 +197,9 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_model, demo_detect
     # Validation covers the whole split although each rank saw half of it.
     assert metrics["last"]["val/num_images"] == 8
     last = run_dir / "checkpoints" / "last"
-    assert (last / "random_states_1.pkl").exists()  # rank 1 took part
-    state = torch.load(last / "custom_checkpoint_0.pkl", weights_only=False)
+    assert (last / "rng_state_1.safetensors").exists()  # rank 1 took part
+    assert not list(last.rglob("*.pkl"))
+    state = json.loads((last / "train_state.json").read_text())
     assert state["global_step"] == 2 * 2  # 16 images / (batch 4 × 2 ranks) = 2 steps per epoch
 
 

@@ -29,7 +29,7 @@ def _index_and_dataset(task, root, adapter):
 
 
 @pytest.mark.parametrize("task,family", [(t, f) for t in ("instance_segmentation", "panoptic_segmentation") for f in sorted(ADAPTERS[t])])
-def test_family_trains_postprocesses_and_scores(task, family, tiny_model, demo_instance, demo_panoptic):
+def test_family_trains_postprocesses_and_scores(task, family, tiny_model, check_unused_parameters, demo_instance, demo_panoptic):
     from cvengine.tasks import get_task
 
     root = demo_instance if task == "instance_segmentation" else demo_panoptic
@@ -46,6 +46,7 @@ def test_family_trains_postprocesses_and_scores(task, family, tiny_model, demo_i
     loss, _ = adapter.loss(model(**adapter.model_inputs(batch)))
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
+    check_unused_parameters(adapter, model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 

@@ -75,7 +75,7 @@ def test_overlap_order_and_crowd_are_deterministic():
 
 
 @pytest.mark.parametrize("family", sorted(ADAPTERS["semantic_segmentation"]))
-def test_semantic_family(family, tiny_model, demo_semantic):
+def test_semantic_family(family, tiny_model, check_unused_parameters, demo_semantic):
     index = CocoSemanticIndex.load(str(demo_semantic / "val" / "annotations.json"), str(demo_semantic / "val" / "images"))
     model, processor, model_type, _ = load_model(tiny_model("semantic_segmentation", family, 11), True, "semantic_segmentation", index.class_names)
     assert model_type == family
@@ -92,6 +92,7 @@ def test_semantic_family(family, tiny_model, demo_semantic):
     loss, _ = adapter.loss(outputs)
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
+    check_unused_parameters(adapter, model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 

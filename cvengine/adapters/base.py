@@ -37,6 +37,11 @@ class Adapter:
     # Evaluation runs the model with the labels too, so that one forward gives predictions and the
     # split's loss (`val/loss`); False for a family whose loss cannot be computed in evaluation mode.
     loss_at_evaluation: bool = True
+    # config.model_type of the families served here whose training forward leaves some parameters
+    # without a gradient at every step (the per-family tests check it with one backward): under
+    # several processes DDP must then search each step's graph for them (find_unused_parameters),
+    # a cost every other family is spared.
+    unused_parameter_families: frozenset = frozenset()
 
     def __init__(self, model, processor, image_size: int | None = None):
         self.processor = processor
@@ -64,6 +69,17 @@ class Adapter:
     def backbone_parameter_names(self, model) -> set[str]:
         """Names of the parameters that belong to the pretrained backbone (feature extractor)."""
         return {name for name, _ in model.named_parameters() if name.startswith(self.backbone_prefixes)} if self.backbone_prefixes else set()
+
+    def has_unused_parameters(self, model) -> bool:
+        """Whether a training step of `model` leaves parameters without a gradient: a family that
+        does by design, or a backbone whose out_features stop before its last stage (that stage's
+        weights then feed nothing)."""
+        config = model.config
+        if config.model_type in self.unused_parameter_families:
+            return True
+        backbone = getattr(config, "backbone_config", None)
+        out_features, stages = getattr(backbone, "out_features", None), getattr(backbone, "stage_names", None)
+        return bool(out_features and stages and stages[-1] not in out_features)
 
     def save(self, folder) -> None:
         """What inference needs besides the weights: the image processor (and any tokenizer)."""

@@ -43,6 +43,8 @@ class ImageClassificationAdapter(Adapter):
 
     task = "classification"
     auto_model = "AutoModelForImageClassification"
+    # DINOv2's mask_token serves masked-image pre-training only.
+    unused_parameter_families = frozenset({"dinov2"})
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)

@@ -26,6 +26,8 @@ class DetrFamilyAdapter(Adapter):
 
     task = "detection"
     auto_model = "AutoModelForObjectDetection"
+    # Their first decoder layer has a query_scale module that the layer does not apply.
+    unused_parameter_families = frozenset({"conditional_detr", "dab-detr"})
     # The CNN backbone of the DETR line; YOLOS's whole ViT.
     backbone_prefixes = ("model.backbone.", "vit.")
 

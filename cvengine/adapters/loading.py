@@ -171,7 +171,11 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
     auto = auto_model_class(task, config.model_type)
     reinitialised: list = []
     if pretrained:
-        model, info = auto.from_pretrained(name, ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
+        try:
+            model, info = auto.from_pretrained(name, ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
+        except Exception as err:  # no weights file, a truncated one (SafetensorError), a torn download
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise RecipeError(f"model.name '{name}': its weights could not be loaded ({first}); give a complete checkpoint, or set model.pretrained = false to train from random weights") from None
         mismatched = list(info.get("mismatched_keys") or [])
         if mismatched:
             rows = checkpoint_label_rows(config, class_names)

@@ -39,6 +39,8 @@ class MaskClassificationAdapter(Adapter):
 
     task = ""
     auto_model = "AutoModelForUniversalSegmentation"
+    # Their Swin backbone's final layernorm is not applied (the pixel decoder takes the stage outputs).
+    unused_parameter_families = frozenset({"mask2former", "oneformer"})
     # The pixel-level module's encoder (Swin, ResNet, …); its decoder and the transformer are the head.
     backbone_prefixes = ("model.pixel_level_module.encoder.",)
 

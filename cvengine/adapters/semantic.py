@@ -27,6 +27,8 @@ _IGNORE_INDEX_KEYS = ("semantic_loss_ignore_index", "loss_ignore_index")
 class SemanticSegmentationAdapter(Adapter):
     task = "semantic_segmentation"
     auto_model = "AutoModelForSemanticSegmentation"
+    # DPT: the backbone's final layernorm and the first fusion layer's residual unit are not applied.
+    unused_parameter_families = frozenset({"dpt"})
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 import torch
 
-from cvengine.data.images import read_image
+from cvengine.data.images import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from cvengine.errors import DataError
 
 
@@ -42,16 +42,25 @@ class SampleDataset(torch.utils.data.Dataset):
     flips would be the same draws and their decisions correlated.
     """
 
+    # data.max_image_pixels (set by the engine): larger images are refused before decoding.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
     def __init__(self, index, augment=None, resize: Callable | None = None, seed: int = 0):
         self.index = index
         self.augment = augment
         self.resize = resize
         self.seed = seed
-        self.epoch = 0
+        # In shared memory: persistent loader workers hold a copy of this dataset made when they
+        # started, and must still see the epoch set afterwards (set before the epoch's first index
+        # is sent to them).
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        # Workers are re-created each epoch (no persistent workers), so they see the new value.
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -65,7 +74,7 @@ class SampleDataset(torch.utils.data.Dataset):
         """Image position i as (H, W, 3) uint8 RGB, refusing a file whose size (EXIF orientation
         applied) is not the record's: boxes and masks would land in the wrong place."""
         path = self.index.image_path(i)
-        image = read_image(path)
+        image = read_image(path, self.max_image_pixels)
         expected = (int(self.index.heights[i]), int(self.index.widths[i]))
         if expected != image.shape[:2] and min(expected) > 0:
             swapped = " (swapped: EXIF orientation rotates this file)" if expected == image.shape[1::-1] else ""

@@ -1,6 +1,8 @@
 """Reading images the way a model wants them: EXIF orientation applied, always 8-bit RGB."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -10,6 +12,32 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 # Refuse decompression bombs with our own error rather than PIL's warning/exception mix.
 Image.MAX_IMAGE_PIXELS = 1 << 28
+# The default of data.max_image_pixels: 8K UHD is 33 million pixels; a 244 KB PNG can claim 400
+# million, which decode to 1.2 GB and many times that through augmentation.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def max_image_pixels(limit: int):
+    """The limit readers use when given none, for the duration (a module setting, not a context
+    variable: the validator reads headers on a thread pool)."""
+    global _max_pixels
+    previous, _max_pixels = _max_pixels, limit
+    try:
+        yield
+    finally:
+        _max_pixels = previous
+
+
+def check_pixels(path: str, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse an image whose header size is above `max_pixels` (default: the current limit), before
+    any pixel is decoded."""
+    max_pixels = _max_pixels if max_pixels is None else max_pixels
+    if width * height > max_pixels:
+        raise DataError(f"image {path} is {width}x{height} = {width * height} pixels, above data.max_image_pixels = {max_pixels}; shrink it, or raise data.max_image_pixels if the memory allows")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -31,10 +59,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises DataError naming the file."""
+def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises DataError naming the file, also for an
+    image above `max_pixels` (from its header, before decoding)."""
     try:
         with Image.open(path) as image:
+            check_pixels(path, *image.size, max_pixels)
             image = ImageOps.exif_transpose(image)
             return np.asarray(to_rgb(image))
     except FileNotFoundError:

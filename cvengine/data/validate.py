@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from cvengine.data.coco import MIN_BOX_SIDE
-from cvengine.data.images import IMAGE_EXTENSIONS, read_image
+from cvengine.data.images import IMAGE_EXTENSIONS, check_pixels, read_image
 from cvengine.errors import DataError, RecipeError
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -300,14 +300,15 @@ def _header_orientation(image) -> int:
     return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
 
 
-def image_header_size(path: str) -> tuple[int, int]:
+def image_header_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """(height, width) as `read_image` will return it (EXIF orientation applied), from the file's
-    header only. Raises DataError naming the file."""
+    header only. Raises DataError naming the file, also for an image above `max_pixels`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             width, height = image.size
+            check_pixels(path, width, height, max_pixels)
             # Pillow gives a TIFF its oriented size on open already (and turns it when loading).
             if image.format != "TIFF" and _header_orientation(image) in SWAPPING_ORIENTATIONS:
                 width, height = height, width

@@ -38,10 +38,14 @@ def resolve_precision(precision: str) -> str:
 
 def build_accelerator(train):
     """The Accelerator of a run from its [train] section; one per process (Accelerate keeps a
-    process-wide state, reset here when this process is a run of its own)."""
+    process-wide state, reset here when this process is a run of its own).
+
+    DDP's find_unused_parameters starts off (searching every step's autograd graph for parameters
+    without a gradient costs each step); `use_unused_parameter_search` switches it on for a model
+    family that needs it. train.compile: Accelerate compiles the model in prepare()."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, TorchDynamoPlugin
 
     mixed_precision = resolve_precision(train.precision)
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -55,11 +59,19 @@ def build_accelerator(train):
         step_scheduler_with_optimizer=False,
         # non_blocking: host-to-device copies of pinned batches overlap the previous step's GPU work.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train.seed, non_blocking=torch.cuda.is_available()),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        # dynamic=True: one graph for every image size of detection batches instead of one compile per size.
+        dynamo_plugin=TorchDynamoPlugin(backend=train.compile_backend, dynamic=True) if train.compile else None,
     )
     if launched_world > 1 and accelerator.num_processes != launched_world:
         raise CvengineError(f"launched with WORLD_SIZE={launched_world} but Accelerate joined {accelerator.num_processes} process(es); use `accelerate launch --multi_gpu` or `torchrun`")
     return accelerator
+
+
+def use_unused_parameter_search(accelerator, needed: bool) -> None:
+    """DDP's find_unused_parameters for the model prepared next (the adapter's `unused_parameters`):
+    without it, a step whose forward leaves a parameter unused fails under several processes."""
+    accelerator.ddp_handler.find_unused_parameters = needed
 
 
 def available_cores() -> int:

@@ -33,7 +33,7 @@ class TrainState:
     evaluated: bool = False  # this epoch ended with an evaluation (checkpoints are saved then)
     epochs_without_improvement: int = 0
     history: list = attrs.Factory(list)  # one row per epoch: epoch, train loss, metrics, seconds
-    status: str = "RUNNING"  # RUNNING, FINISHED, FAILED
+    status: str = "RUNNING"  # RUNNING, FINISHED, FAILED, KILLED (SIGINT, SIGTERM)
 
     def state_dict(self) -> dict:
         return attrs.asdict(self)

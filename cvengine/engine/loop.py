@@ -20,19 +20,47 @@ from pathlib import Path
 import torch
 
 from cvengine.adapters import adapter_class, load_model
+from cvengine.cli import raise_if_terminated
+from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
-from cvengine.engine.checkpoint import CheckpointHook, write_json
-from cvengine.engine.devices import build_accelerator, size_host_threads, worker_init
+from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
+from cvengine.engine.devices import build_accelerator, size_host_threads, use_unused_parameter_search, worker_init
 from cvengine.engine.hooks import EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
 from cvengine.engine.optim import build_optimizer, build_scheduler
-from cvengine.engine.tracking import MLflowHook
-from cvengine.errors import RecipeError
+from cvengine.engine.tracking import MLflowHook, check_tracking_uri
+from cvengine.errors import RecipeError, TrainingDiverged
 from cvengine.recipe import Recipe, dump_recipe
 from cvengine.tasks import get_task
 
 log = logging.getLogger("cvengine")
 
 DEFAULT = "default"  # sentinel: the built-in CheckpointHook / MLflowHook
+
+
+def loader_workers(data) -> dict:
+    """DataLoader arguments of the workers from [data]: kept alive between epochs and evaluations
+    (SampleDataset keeps its epoch in shared memory so that they still see it) and batches prefetched."""
+    if data.num_workers == 0:
+        return {}
+    kwargs = {"persistent_workers": data.persistent_workers}
+    if data.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = data.prefetch_factor
+    return kwargs
+
+
+def refuse_large_images(index, max_pixels: int) -> None:
+    """Refuse, before training starts, an image whose header size (the index read it) is above
+    data.max_image_pixels; indexes without sizes are checked when each image is read."""
+    import numpy as np
+
+    from cvengine.data.images import check_pixels
+
+    heights, widths = getattr(index, "heights", None), getattr(index, "widths", None)
+    if heights is None or widths is None or len(heights) == 0:
+        return
+    pixels = np.asarray(heights, dtype=np.int64) * np.asarray(widths, dtype=np.int64)
+    i = int(np.argmax(pixels))
+    check_pixels(index.image_path(i), int(widths[i]), int(heights[i]), max_pixels)
 
 
 class Engine:
@@ -58,8 +86,14 @@ class Engine:
         splits = [split for split in ("train", "val", "test") if getattr(recipe.data, split) is not None]
         if not splits:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
-        reports = {split: self.task.validate_split(recipe, split) for split in splits}
+        with max_image_pixels(recipe.data.max_image_pixels):
+            reports = {split: self.task.validate_split(recipe, split) for split in splits}
         self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
+        for split, index in self.indexes.items():
+            if len(index) == 0:
+                where = getattr(index, "annotations_path", None) or getattr(recipe.data, split).images
+                raise RecipeError(f"data.{split}: {where} lists no images; give a split with at least one image")
+            refuse_large_images(index, recipe.data.max_image_pixels)
         # After every check has passed, so that a refused run prints its one error line alone.
         for split, report in reports.items():
             if report.warning_counts():
@@ -76,12 +110,16 @@ class Engine:
         # it has been trained or weights are loaded.
         self.untrained_head = list(reinitialised)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
+        use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
+        if recipe.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # With train.compile, Accelerate's dynamo settings compile the model here (lazily: at its first call).
         self.model = self.accelerator.prepare(model)
-        if recipe.train.compile:
-            self.model = torch.compile(self.model)
 
         self.state = TrainState()
-        self.accelerator.register_for_checkpointing(self.state)
+        tracker = MLflowHook() if tracker == DEFAULT else tracker
+        if isinstance(tracker, MLflowHook) and self.accelerator.is_main_process:
+            check_tracking_uri(recipe)  # before any run folder exists
         self.run_dir, self.resume_from = run_folder.resolve_run_dir(self.accelerator, recipe, self.model_family, run_dir)
 
         # LearningRateMonitor first: it enriches the logs every later hook receives.
@@ -89,7 +127,7 @@ class Engine:
         if recipe.train.early_stopping_patience > 0:
             hooks.append(EarlyStopping(recipe.train.early_stopping_patience))
         hooks.append(CheckpointHook() if checkpoint == DEFAULT else checkpoint)
-        hooks.append(MLflowHook() if tracker == DEFAULT else tracker)
+        hooks.append(tracker)
         # Progress last: its start-up line sees a resumed run's epoch, its closing line comes after
         # the model folder and the MLflow run are written.
         hooks.append(Progress(enabled=progress))
@@ -113,6 +151,7 @@ class Engine:
         key = (split, train)
         if key not in self._loaders:
             dataset = self.task.build_dataset(self.recipe, self.indexes[split], self.adapter, train=train)
+            dataset.max_image_pixels = self.recipe.data.max_image_pixels
             loader = torch.utils.data.DataLoader(
                 dataset,
                 batch_size=self.recipe.data.batch_size,
@@ -121,6 +160,7 @@ class Engine:
                 collate_fn=self.adapter.collate,
                 pin_memory=torch.cuda.is_available(),
                 worker_init_fn=worker_init,
+                **loader_workers(self.recipe.data),
                 generator=torch.Generator().manual_seed(self.recipe.train.seed) if train else None,
             )
             self._loaders[key] = (dataset, self.accelerator.prepare(loader))
@@ -144,7 +184,6 @@ class Engine:
         optimizer = build_optimizer(unwrapped, self.recipe.train, self.adapter.backbone_parameter_names(unwrapped), self.recipe.model.name)
         self.optimizer = self.accelerator.prepare(optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.recipe.train, total)
-        self.accelerator.register_for_checkpointing(self.scheduler)
 
     def fit(self, train_batches=None) -> TrainState:
         """Train for train.max_epochs (or until a hook sets state.should_stop).
@@ -155,10 +194,16 @@ class Engine:
         the class names."""
         self._setup_training(train_batches)
         self._train_batches = train_batches
+        self._nonfinite_steps = 0
         state = self.state
-        if self.accelerator.is_main_process and self.resume_from is None:
+        recipe_file = Path(self.run_dir) / "recipe.toml"
+        if self.accelerator.is_main_process:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.run_dir) / "recipe.toml").write_text(dump_recipe(self.resolved_recipe()))
+            # Held already when this engine chose the folder; taken here when it was given one.
+            if not run_folder.lock_run_dir(self.run_dir):
+                raise RecipeError(f"run folder {self.run_dir} is in use by another training process")
+            if self.resume_from is None or not recipe_file.exists():
+                write_text(recipe_file, dump_recipe(self.resolved_recipe()))
         self.accelerator.wait_for_everyone()
         try:
             self._call("on_fit_start")
@@ -171,6 +216,7 @@ class Engine:
                     break
                 state.evaluated = (epoch + 1) % self.recipe.train.eval_every_epochs == 0 or epoch + 1 == self.recipe.train.max_epochs
                 if state.evaluated:
+                    run_folder.refuse_nonfinite_weights(self, f"by the end of epoch {epoch + 1} (step {state.global_step})")
                     metrics = self.evaluate("val") if "val" in self.indexes else {}
                     self._update_best(metrics)
                     self._call("on_eval_end", metrics)
@@ -181,11 +227,14 @@ class Engine:
                     self._write_fit_metrics()
                 self._call("on_epoch_end")
             state.status = "FINISHED"
-        except BaseException:
-            state.status = "FAILED"
+        except BaseException as err:
+            state.status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
         finally:
-            self._call("on_fit_end")
+            try:
+                self._call("on_fit_end")
+            finally:
+                run_folder.release_run_dir(self.run_dir)
         return state
 
     def _train_one_epoch(self, epoch: int) -> float:
@@ -206,12 +255,14 @@ class Engine:
         window_parts: dict[str, torch.Tensor] = {}
         batches = window_batches = 0
         timer = Timer()
-        for batch in loader:
+        for index, batch in enumerate(loader):
             if self._train_batches is not None:
                 batch = send_to_device(batch, acc.device, non_blocking=True)
             with acc.accumulate(self.model):
-                outputs = self.model(**self.adapter.model_inputs(batch))
-                loss, parts = self.adapter.loss(outputs)
+                loss, parts = self._forward_loss(batch, epoch, index)
+                if self._skip_nonfinite(loss, epoch, index):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
                 acc.backward(loss)
                 if acc.sync_gradients and train.grad_clip > 0:
                     acc.clip_grad_norm_(self.model.parameters(), train.grad_clip)
@@ -225,6 +276,7 @@ class Engine:
             batches += 1
             window_batches += 1
             timer.images += len(batch["image_ids"]) * acc.num_processes
+            raise_if_terminated()
             if not acc.sync_gradients:
                 continue
             self.scheduler.step()
@@ -242,6 +294,64 @@ class Engine:
                 break
         mean = acc.reduce(epoch_loss / max(batches, 1), reduction="mean")
         return float(mean.item())
+
+    def _forward(self, batch: dict, with_labels: bool = True):
+        inputs = self.adapter.model_inputs(batch, with_labels=with_labels)
+        if self.recipe.train.channels_last and inputs["pixel_values"].dim() == 4:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        if not hasattr(self.model, "_orig_mod"):
+            return self.model(**inputs)
+        try:
+            return self.model(**inputs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure; an error of the model itself recurs in eager mode
+            # The compiled wrapper shares its parameters with the model below it (the one Accelerate
+            # checkpoints): the optimizer and checkpoints stay valid. Every later call runs eagerly.
+            self.model = self.model._orig_mod
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            log.warning(f"train.compile: the model did not compile ({type(error).__name__}: {first_line[:200]}); training continues eagerly")
+            return self.model(**inputs)
+
+    def _where(self, epoch: int, batch: int) -> str:
+        return f"at step {self.state.global_step + 1} (epoch {epoch + 1}, batch {batch + 1})"
+
+    def _forward_loss(self, batch, epoch: int, batch_index: int):
+        """(loss, loss parts) of a training batch. Weights that became NaN or inf make some models
+        fail inside their forward (e.g. a matcher refusing a NaN cost matrix): that is reported as
+        divergence, not as the model's error."""
+        try:
+            outputs = self._forward(batch)
+            return self.adapter.loss(outputs)
+        except Exception:
+            where = self._where(epoch, batch_index)
+            run_folder.refuse_nonfinite_weights(self, where)
+            # Finite but huge weights overflow to inf/NaN activations: see what the model outputs.
+            with torch.no_grad():
+                outputs = self._forward(batch, with_labels=False)
+            values = [v for v in (outputs.values() if hasattr(outputs, "values") else [outputs]) if isinstance(v, torch.Tensor) and v.is_floating_point()]
+            if any(not bool(torch.isfinite(v).all()) for v in values):
+                raise TrainingDiverged(
+                    f"the model's outputs became NaN or inf {where}: training stopped and nothing of it was saved "
+                    f"(the last good checkpoint, if any, is in {Path(self.run_dir) / 'checkpoints'}); lower train.lr or set train.grad_clip"
+                ) from None
+            raise
+
+    def _skip_nonfinite(self, loss: torch.Tensor, epoch: int, batch_index: int) -> bool:
+        """Whether this batch's loss is NaN or inf on any rank (then its step is skipped on every
+        rank), raising TrainingDiverged past train.max_nonfinite_steps. One scalar read per batch:
+        the price of never applying a non-finite step."""
+        bad = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
+        if not bad.item():
+            return False
+        self._nonfinite_steps += 1
+        limit = self.recipe.train.max_nonfinite_steps
+        text = f"train/loss is {loss.item()} {self._where(epoch, batch_index)}"
+        if self._nonfinite_steps > limit:
+            raise TrainingDiverged(
+                f"{text}: training stopped ({self._nonfinite_steps} non-finite loss(es), train.max_nonfinite_steps = {limit}); nothing of it was saved "
+                f"(the last good checkpoint, if any, is in {Path(self.run_dir) / 'checkpoints'}); lower train.lr or set train.grad_clip"
+            )
+        log.warning(f"{text}: batch skipped ({self._nonfinite_steps} of train.max_nonfinite_steps = {limit})")
+        return True
 
     def _update_best(self, metrics: dict) -> None:
         state = self.state
@@ -293,8 +403,9 @@ class Engine:
         loss_sum = torch.zeros((), device=self.accelerator.device)
         batches = 0
         for batch in loader:
+            raise_if_terminated()
             # With the labels: one forward gives the predictions and the split's loss.
-            outputs = self.model(**self.adapter.model_inputs(batch, with_labels=with_loss))
+            outputs = self._forward(batch, with_labels=with_loss)
             if with_loss:
                 loss_sum += self.adapter.loss(outputs)[0].detach().float()
             batches += 1

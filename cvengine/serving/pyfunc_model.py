@@ -26,6 +26,11 @@ IMAGE_COLUMN = "image"
 MAX_PIXELS_ENV = "CVENGINE_MAX_PIXELS"
 # Larger images are refused before decoding (decompression bombs); 8K UHD is ~33 million pixels.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Per request: rows, and pixels of all its images together (every row is decoded before inference).
+MAX_ROWS_ENV = "CVENGINE_MAX_ROWS"
+DEFAULT_MAX_ROWS = 64
+MAX_REQUEST_PIXELS_ENV = "CVENGINE_MAX_REQUEST_PIXELS"
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 
 
 _LINE_BREAKS = str.maketrans("", "", "\r\n")
@@ -37,6 +42,40 @@ def bad_request(message: str) -> MlflowException:
 
 def max_pixels() -> int:
     return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+
+
+# A request over a limit: MLflow answers it 400 (other error codes get the input echoed in the
+# message); the server's LimitedApp answers messages with this prefix 413.
+TOO_LARGE_PREFIX = "request too large: "
+
+
+def too_large(message: str) -> MlflowException:
+    return MlflowException(TOO_LARGE_PREFIX + message, error_code=BAD_REQUEST)
+
+
+def header_pixels(value) -> int:
+    """Pixels of one cell from its header or shape, decoding nothing (0 when unreadable: the decode
+    then answers 400 with the reason)."""
+    from PIL import Image
+
+    if isinstance(value, np.ndarray):
+        return int(value.shape[0] * value.shape[1]) if value.ndim >= 2 else 0
+    try:
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else value
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size[0] * image.size[1]
+    except Exception:
+        return 0
+
+
+def check_request_size(cells: list) -> None:
+    rows = int(os.environ.get(MAX_ROWS_ENV, DEFAULT_MAX_ROWS))
+    if len(cells) > rows:
+        raise too_large(f"{len(cells)} rows in one request is above the limit of {rows}; send them in several requests")
+    limit = int(os.environ.get(MAX_REQUEST_PIXELS_ENV, DEFAULT_MAX_REQUEST_PIXELS))
+    total = sum(header_pixels(cell) for cell in cells)
+    if total > limit:
+        raise too_large(f"the request's images hold {total} pixels together, above the limit of {limit}; send fewer or smaller images per request")
 
 
 def decode_image(value, row: int, limit: int) -> np.ndarray:
@@ -107,6 +146,7 @@ class CvengineModel(PythonModel):
         cells = image_column(model_input)
         if not cells:
             return []
+        check_request_size(cells)
         images = [decode_image(cell, row, limit) for row, cell in enumerate(cells)]
         predictor = self.predictor
         task = predictor.task
