@@ -286,11 +286,74 @@ class Recipe:
     source: Optional[str] = attrs.field(default=None, kw_only=True, eq=False)
 
     def resolve_path(self, path: str) -> str:
-        """A data path as given in the recipe: absolute as is, else under data.root (or the cwd)."""
-        if path.startswith(("dbfs:", "s3:", "gs:", "abfss:")) or os.path.isabs(path):
-            return path
-        base = self.data.root if self.data.root is not None else os.getcwd()
-        return os.path.abspath(os.path.join(base, path))
+        """A data path: absolute as is, else under data.root (or the cwd). load_recipe has already
+        made the recipe's own paths absolute."""
+        return path_under(self.data.root if self.data.root is not None else os.getcwd(), path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Relative paths. A path written in a recipe file is relative to the file's folder (the recipe and its
+# data travel together); a path typed as a command-line override, or in a recipe dict, is relative to
+# the current folder. Data split paths and data.labels are relative to data.root when it is set.
+
+REMOTE_PREFIXES = ("dbfs:", "s3:", "gs:", "abfss:")
+SQLITE_PREFIX = "sqlite:///"
+
+
+def path_under(folder: str | os.PathLike, path: str) -> str:
+    """`path` absolute as is (remote URLs too), else joined to `folder` and made absolute."""
+    if path.startswith(REMOTE_PREFIXES):
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.abspath(os.path.join(folder, path))
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a model.name that can only be a folder: hub ids are "name" or "org/name"."""
+    text = str(name)
+    return text in (".", "..") or text.startswith(("./", "../", "/", "~", ".\\")) or text.count("/") >= 2 or "\\" in text
+
+
+def _sqlite_uri_under(folder, uri: str | None) -> str | None:
+    # sqlite:///runs/mlflow.db is relative, sqlite:////abs/mlflow.db absolute.
+    if uri and uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        return SQLITE_PREFIX + path_under(folder, uri[len(SQLITE_PREFIX):])
+    return uri
+
+
+def anchor_paths(recipe: Recipe, folder_of) -> Recipe:
+    """The recipe with every relative path made absolute, each against `folder_of(dotted key)`; data
+    split paths and data.labels against data.root when it is set. model.name becomes a folder only
+    when it names one there or can only be one (else it stays a hub id)."""
+    data = recipe.data
+    root = path_under(folder_of("data.root"), data.root) if data.root is not None else None
+
+    def data_path(key: str, path: str) -> str:
+        return path_under(root if root is not None else folder_of(key), path)
+
+    changes: dict[str, Any] = {"root": root}
+    for split in ("train", "val", "test"):
+        section = getattr(data, split)
+        if section is not None:
+            fields = ("images", "annotations", "masks")
+            changes[split] = attrs.evolve(section, **{f: data_path(f"data.{split}.{f}", getattr(section, f)) for f in fields if getattr(section, f) is not None})
+    if isinstance(data.labels, str):
+        changes["labels"] = data_path("data.labels", data.labels)
+    train = recipe.train
+    resume = train.resume if train.resume in (None, "last") else path_under(folder_of("train.resume"), train.resume)
+    train = attrs.evolve(train, output_dir=path_under(folder_of("train.output_dir"), train.output_dir), resume=resume)
+    model = recipe.model
+    folder = path_under(folder_of("model.name"), model.name)
+    if folder != model.name and (looks_like_path(model.name) or os.path.isdir(folder)):
+        model = attrs.evolve(model, name=folder)
+    tracking = attrs.evolve(
+        recipe.tracking,
+        uri=_sqlite_uri_under(folder_of("tracking.uri"), recipe.tracking.uri),
+        registry_uri=_sqlite_uri_under(folder_of("tracking.registry_uri"), recipe.tracking.registry_uri),
+    )
+    anchored = attrs.evolve(recipe, data=attrs.evolve(data, **changes), train=train, model=model, tracking=tracking)
+    anchored.source = recipe.source
+    return anchored
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -389,7 +452,9 @@ def _known_keys(cls, prefix="") -> list[str]:
 
 
 def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple = ()) -> Recipe:
-    """Read a TOML recipe (a path, or an already-parsed dict) and apply `section.key=value` overrides."""
+    """Read a TOML recipe (a path, or an already-parsed dict) and apply `section.key=value` overrides.
+    Relative paths come back absolute: those written in the file against the file's folder, those of
+    overrides and of a dict against the current folder (see anchor_paths)."""
     if isinstance(source, dict):
         data, where = dict(source), "the recipe dict"
     else:
@@ -409,8 +474,11 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
         except tomli.TOMLDecodeError as err:
             raise RecipeError(f"{path} is not valid TOML: {err}") from None
     recipe = _structure(Recipe, data, "", where)  # validate the file on its own first
+    written = set(flatten(data)) if not isinstance(source, dict) else set()
+    overridden = []
     for text in overrides:
         keys, value = _parse_override(text)
+        overridden.append(".".join(keys))
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -424,7 +492,13 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
             raise RecipeError(f"unknown key '{dotted}' in override '{text}'{hint}")
         recipe = _structure(Recipe, data, "", f"override '{text}'")
     recipe.source = None if isinstance(source, dict) else str(source)
-    return recipe
+    recipe_folder = Path(source).resolve().parent if not isinstance(source, dict) else None
+
+    def folder_of(key: str):
+        typed = any(key == o or key.startswith(o + ".") for o in overridden)
+        return recipe_folder if key in written and not typed else os.getcwd()
+
+    return anchor_paths(recipe, folder_of)
 
 
 def _drop_none(obj):

@@ -264,13 +264,16 @@ def test_bad_input_gives_one_line_error_and_keeps_earlier_runs(kind, tmp_path, t
 
 
 def test_readme_main_job_runs(tmp_path):
-    """The README's main job, step by step as a user types it (one epoch instead of sixteen)."""
+    """The README's main job, step by step as a user types it in the project folder (one epoch
+    instead of sixteen); the recipe's paths are relative to recipes/."""
     from conftest import REPO
 
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(REPO / "recipes" / "demo.toml", tmp_path / "recipes" / "demo.toml")
     for args in (["cvengine.data", "demo", "./demo", "--task", "detection", "--num-train", "16", "--num-val", "4"], ["cvengine.models", "create", "rt_detr", "./demo/tiny-rt_detr"]):
         result = run_module(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
-    result = run_module("cvengine.run", REPO / "recipes" / "demo.toml", "train.max_epochs=1", "--no-progress", cwd=tmp_path)
+    result = run_module("cvengine.run", "recipes/demo.toml", "train.max_epochs=1", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs" / "demo").iterdir()
     assert (run_dir / "model" / "config.json").exists() and (tmp_path / "runs" / "mlflow.db").exists()

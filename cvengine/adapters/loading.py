@@ -12,6 +12,7 @@ import os
 from typing import NamedTuple
 
 from cvengine.errors import RecipeError
+from cvengine.recipe import looks_like_path
 
 log = logging.getLogger("cvengine")
 
@@ -27,12 +28,6 @@ class LoadedModel(NamedTuple):
     # Names of the head tensors that were randomly initialised for the data set's classes (empty when
     # the checkpoint's head was kept, or when the whole model is random: pretrained = false).
     reinitialised: list
-
-
-def looks_like_path(name: str) -> bool:
-    """True for a model.name that can only be a folder: hub ids are "name" or "org/name"."""
-    text = str(name)
-    return text in (".", "..") or text.startswith(("./", "../", "/", "~", ".\\")) or text.count("/") >= 2 or "\\" in text
 
 
 def load_config(name: str):

@@ -27,7 +27,7 @@ import attrs
 from cvengine.engine.checkpoint import CheckpointHook
 from cvengine.engine.tracking import MLflowHook
 from cvengine.errors import CvengineError
-from cvengine.recipe import Recipe, load_recipe, recipe_to_dict
+from cvengine.recipe import Recipe, anchor_paths, load_recipe, recipe_to_dict
 
 log = logging.getLogger("cvengine")
 
@@ -47,27 +47,14 @@ def require_ray():
 # not depend on the driver's working directory.
 
 
-def _absolute(path: str) -> str:
-    if path.startswith(("dbfs:", "s3:", "gs:", "abfss:")) or os.path.isabs(path):
-        return path
-    return os.path.abspath(path)
-
-
 def absolute_recipe(recipe: Recipe) -> Recipe:
-    """The recipe with every relative path made absolute against this process's working directory.
-    Unity Catalog volumes (`/Volumes/catalog/schema/volume/...`) are absolute paths and stay as they are."""
-    data = attrs.evolve(recipe.data, root=_absolute(recipe.data.root or os.getcwd()))
-    train = recipe.train
-    resume = train.resume if train.resume in (None, "last") else _absolute(train.resume)
-    train = attrs.evolve(train, output_dir=_absolute(train.output_dir), resume=resume)
-    model = recipe.model
-    if not os.path.isabs(model.name) and os.path.isdir(model.name):
-        model = attrs.evolve(model, name=os.path.abspath(model.name))  # a local folder, not a hub id
-    tracking = recipe.tracking
-    if tracking.uri and tracking.uri.startswith("sqlite:///") and not tracking.uri.startswith("sqlite:////"):
-        tracking = attrs.evolve(tracking, uri="sqlite:///" + os.path.abspath(tracking.uri[len("sqlite:///"):]))
-    resolved = attrs.evolve(recipe, data=data, train=train, model=model, tracking=tracking)
-    resolved.source = recipe.source
+    """The recipe with every relative path made absolute against this process's working directory,
+    and data.root set (workers and trials run in other folders). Unity Catalog volumes
+    (`/Volumes/catalog/schema/volume/...`) are absolute paths and stay as they are."""
+    resolved = anchor_paths(recipe, lambda key: os.getcwd())
+    if resolved.data.root is None:
+        resolved = attrs.evolve(resolved, data=attrs.evolve(resolved.data, root=os.getcwd()))
+        resolved.source = recipe.source
     return resolved
 
 
