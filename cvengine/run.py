@@ -40,10 +40,12 @@ def with_saved_recipe(recipe, overrides: list[str]):
     """train.resume = 'last': the run being continued trains on with its own saved recipe.toml (the
     overrides it was started with included), plus this command's overrides; those that change the
     saved recipe are named in one line. The recipe file's current values are not used."""
-    from cvengine.engine.checkpoint import find_run_dir
+    from cvengine.engine.checkpoint import find_run_dir, release_run_dir
     from cvengine.recipe import flatten, load_recipe, recipe_to_dict
 
     run_dir, _ = find_run_dir(recipe, model_family="")
+    # The engine that trains takes the folder's lock itself, possibly in another process (a Ray worker).
+    release_run_dir(run_dir)
     saved_file = run_dir / "recipe.toml"
     if not saved_file.is_file():
         return recipe

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from cvengine.engine.hooks import Callback
@@ -148,6 +149,25 @@ def set_experiment(name: str):
     return mlflow.set_experiment(name)
 
 
+# A sqlite store another process is writing answers "database is locked" after SQLite's busy timeout:
+# the run's final status is worth a few more tries (a run left RUNNING looks alive).
+END_RUN_TRIES = 5
+
+
+def end_run(status: str) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(END_RUN_TRIES):
+        try:
+            mlflow.end_run(status=status)
+            return
+        except MlflowException as err:
+            if "database is locked" not in str(err) or attempt == END_RUN_TRIES - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
 # The pyfunc model's name in the run; `model` is the plain model folder logged as artifacts.
 PYFUNC_NAME = "pyfunc"
 
@@ -242,5 +262,5 @@ class MLflowHook(Callback):
             if (tracking.log_model or tracking.registered_model) and state.status == "FINISHED" and (run_dir / "model").exists():
                 log_and_register(engine.recipe.tracking, run_dir / "model", engine.monitor, state.best_metric, engine.mode)
         finally:
-            mlflow.end_run(status=state.status if state.status in ("FINISHED", "KILLED") else "FAILED")
+            end_run(state.status if state.status in ("FINISHED", "KILLED") else "FAILED")
             self.run_id = None
