@@ -155,7 +155,8 @@ class Progress(Callback):
         lines = [header]
         for row in state.history:
             mark = " *" if row["epoch"] == state.best_epoch else ""
-            vals = "  ".join(f"{row.get(k, float('nan')):>12.4f}" for k in keys)
+            # Epochs without an evaluation show "-" (not NaN) in the metric columns.
+            vals = "  ".join(f"{row[k]:>12.4f}" if isinstance(row.get(k), (int, float)) and not math.isnan(row[k]) else f"{'-':>12}" for k in keys)
             lines.append(f"{row['epoch']:>5}  {row.get('train/loss', float('nan')):>10.4f}  {vals}  {row['seconds']:>8.1f}{mark}")
         log.info("\n".join(lines) + f"\n(* best {engine.monitor}; run folder {engine.run_dir})")
         log.info(self.closing_line(engine, state))
