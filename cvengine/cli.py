@@ -31,6 +31,14 @@ def _drop_lost_termination(unraisable, _default=sys.unraisablehook) -> None:
         _default(unraisable)
 
 
+def _quiet_after_termination(exc_type, exc_value, tb, _default=sys.excepthook) -> None:
+    # After SIGTERM the process is shutting down: helper threads of multiprocessing (the resource
+    # sharer that hands tensors to loader workers) report their closed connections through
+    # sys.excepthook; the one line "terminated" is what the user gets.
+    if not _terminated:
+        _default(exc_type, exc_value, tb)
+
+
 def raise_if_terminated() -> None:
     """Raise Terminated if SIGTERM came in: an exception raised by the signal handler is lost when
     the signal lands in certain places (e.g. logging's fork hooks while loader workers start), so
@@ -49,6 +57,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     _quiet_libraries()
     signal.signal(signal.SIGTERM, _terminate)
     sys.unraisablehook = _drop_lost_termination
+    sys.excepthook = _quiet_after_termination
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except CvengineError as err:
