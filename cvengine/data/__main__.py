@@ -32,7 +32,7 @@ def _demo(args) -> int:
         # Only the folders the demo writes: a smaller demo must not leave the larger one's images behind.
         for split in ("train", "val"):
             shutil.rmtree(os.path.join(args.out_dir, split), ignore_errors=True)
-    result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, layout=args.layout)
+    result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, canvas=(args.canvas, args.canvas), layout=args.layout, classes=args.classes)
     height, width = result["canvas"]
     print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} categories) in {result['out_dir']}")
     for split, info in result["splits"].items():
@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--num-train", type=int, default=64, help="train images (default: 64)")
     demo.add_argument("--num-val", type=int, default=16, help="val images (default: 16)")
+    demo.add_argument("--canvas", type=int, default=160, metavar="PIXELS", help="side of the square canvases (default: 160); digits are 24-64 px, at most the canvas")
     demo.add_argument("--layout", default="coco", help="coco (default), or imagefolder for classification: images/<class>/<file>")
+    demo.add_argument("--classes", default="digits", help="digits (default: the ten digits), or ink for semantic_segmentation: one class 'digit' for every digit's ink")
     demo.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing its train/ and val/ folders")
     demo.set_defaults(handler=_demo)
 

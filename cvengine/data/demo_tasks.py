@@ -6,7 +6,8 @@ classification: one digit per image, roughly centred (a crop of 1.2-1.8x the dig
     digit), or with layout "imagefolder" the files under images/<digit>/ and no json.
 semantic_segmentation: the detection split (COCO instances with RLE masks, category ids 1..10) plus
     the same labels as PNG label maps in masks/ (0 = background, digit d = d + 1) and labels.json,
-    so that both data layouts train from one demo folder.
+    so that both data layouts train from one demo folder. With classes "ink" every digit is category
+    id 1 "digit" (label 1): where the ink is, not which digit it is.
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from cvengine.errors import DataError
 
 # The crop around a classification digit, as a multiple of the digit's longer side.
 CROP_RANGE = (1.2, 1.8)
-SEMANTIC_CLASS_NAMES = ["background"] + [c["name"] for c in demo.CATEGORIES]
+SEMANTIC_CLASS_NAMES = {
+    "digits": ["background"] + [c["name"] for c in demo.CATEGORIES],
+    "ink": ["background"] + [c["name"] for c in demo.INK_CATEGORIES],
+}
 
 
 def write_classification_split(split_dir: str, rng: np.random.Generator, scan_indices: np.ndarray, num_images: int, canvas: tuple[int, int], layout: str = "coco") -> dict:
@@ -62,20 +66,28 @@ def write_classification_split(split_dir: str, rng: np.random.Generator, scan_in
     return {"annotations": annotations_path, "images": images_dir, "num_images": len(images), "num_annotations": len(annotations)}
 
 
-def write_semantic_split(split_dir: str, rng: np.random.Generator, scan_indices: np.ndarray, num_images: int, canvas: tuple[int, int]) -> dict:
+def write_semantic_split(split_dir: str, rng: np.random.Generator, scan_indices: np.ndarray, num_images: int, canvas: tuple[int, int], classes: str = "digits") -> dict:
     from cvengine.tasks.semantic.dataset import CocoSemanticIndex
 
     result = demo._write_detection_split(split_dir, rng, scan_indices, num_images, canvas)
+    if classes == "ink":
+        # The same canvases and masks; every digit becomes the one category.
+        with open(result["annotations"], encoding="utf-8") as fh:
+            data = json.load(fh)
+        for annotation in data["annotations"]:
+            annotation["category_id"] = demo.INK_CATEGORIES[0]["id"]
+        data["categories"] = demo.INK_CATEGORIES
+        demo._write_json_atomic(result["annotations"], data)
     masks_dir = os.path.join(split_dir, "masks")
     os.makedirs(masks_dir, exist_ok=True)
     # The PNG maps are painted by the same code that reads the COCO file for training.
     index = CocoSemanticIndex.load(result["annotations"], result["images"])
-    if index.class_names != SEMANTIC_CLASS_NAMES:
-        raise AssertionError(f"demo classes {index.class_names} != {SEMANTIC_CLASS_NAMES}")
+    if index.class_names != SEMANTIC_CLASS_NAMES[classes]:
+        raise AssertionError(f"demo classes {index.class_names} != {SEMANTIC_CLASS_NAMES[classes]}")
     for i in range(len(index)):
         stem = os.path.splitext(index.file_names[i])[0]
         Image.fromarray(index.semantic_map(i), mode="L").save(os.path.join(masks_dir, stem + ".png"))
     labels_path = os.path.join(split_dir, "labels.json")
     with open(labels_path, "w", encoding="utf-8") as fh:
-        json.dump({str(k): name for k, name in enumerate(SEMANTIC_CLASS_NAMES)}, fh, indent=1)
+        json.dump({str(k): name for k, name in enumerate(SEMANTIC_CLASS_NAMES[classes])}, fh, indent=1)
     return {**result, "masks": masks_dir, "labels": labels_path}
