@@ -373,3 +373,25 @@ def test_demo_refuses_a_non_empty_folder_without_overwrite(tmp_path):
     listed = {im["file_name"] for im in json.loads((out / "train" / "annotations.json").read_text())["images"]}
     assert {p.relative_to(out / "train" / "images").as_posix() for p in (out / "train" / "images").rglob("*.jpg")} == listed
     assert len(listed) == 4 and (out / "tiny-model" / "config.json").exists()
+
+
+def test_demo_semantic_ink_classes_are_the_digit_masks_as_one_class(tmp_path):
+    """`--classes ink`: the same canvases as the ten-digit demo, every digit's ink as class 1 'digit'."""
+    digits = make_demo(tmp_path / "digits", task="semantic_segmentation", num_train=6, num_val=2, canvas=(64, 64))
+    run_cli("demo", tmp_path / "ink", "--task", "semantic_segmentation", "--classes", "ink", "--canvas", "64", "--num-train", "6", "--num-val", "2", check_rc=0)
+    for split in ("train", "val"):
+        ink_json = json.loads((tmp_path / "ink" / split / "annotations.json").read_text())
+        digits_json = json.loads(Path(digits["splits"][split]["annotations"]).read_text())
+        assert ink_json["categories"] == [{"id": 1, "name": "digit", "supercategory": "digit"}]
+        assert [a["category_id"] for a in ink_json["annotations"]] == [1] * len(digits_json["annotations"])
+        assert [{**a, "category_id": 1} for a in digits_json["annotations"]] == ink_json["annotations"]
+        assert json.loads((tmp_path / "ink" / split / "labels.json").read_text()) == {"0": "background", "1": "digit"}
+        for png in sorted((tmp_path / "digits" / split / "masks").glob("*.png")):
+            ten = np.asarray(Image.open(png))
+            one = np.asarray(Image.open(tmp_path / "ink" / split / "masks" / png.name))
+            assert ten.shape == (64, 64) and np.array_equal(one, (ten > 0).astype(np.uint8))
+            image = png.name.replace(".png", ".jpg")
+            assert (tmp_path / "ink" / split / "images" / image).read_bytes() == (tmp_path / "digits" / split / "images" / image).read_bytes()
+    proc = run_cli("demo", tmp_path / "det", "--task", "detection", "--classes", "ink", check_rc=2)
+    assert proc.stderr.strip().splitlines() == ["error: demo classes 'ink' are not available for detection; available: digits"]
+    assert not (tmp_path / "det").exists()
