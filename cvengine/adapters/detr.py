@@ -41,7 +41,7 @@ class DetrFamilyAdapter(Adapter):
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
-        self.resize = ResizePolicy.from_processor(processor, image_size, defer_upscale=True, crop=False)
+        self.resize = ResizePolicy.from_processor(processor, image_size, defer_above=1.0, crop=False)
         self.normalize = Normalizer(processor)
         self.pad_multiple = int(getattr(processor, "size_divisor", None) or 1)
         self.accepts_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters

@@ -21,7 +21,7 @@ class Sample:
     labels: np.ndarray  # (N,) int64 contiguous labels
     file_name: str = ""
     masks: Optional[np.ndarray] = None  # (N, H, W) uint8 0/1, one per box
-    semantic_map: Optional[np.ndarray] = None  # (H, W) int64, 255 = ignore
+    semantic_map: Optional[np.ndarray] = None  # (H, W) uint8 labels (fewer than 255 classes), 255 = ignore
     class_label: Optional[int] = None
 
 
