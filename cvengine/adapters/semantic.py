@@ -33,6 +33,8 @@ class SemanticSegmentationAdapter(Adapter):
     auto_model = "AutoModelForSemanticSegmentation"
     # DPT: the backbone's final layernorm and the first fusion layer's residual unit are not applied.
     unused_parameter_families = frozenset({"dpt"})
+    # model_inputs resizes images of any size to their input size (data.decode on the device needs it).
+    resizes_on_device = True
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
