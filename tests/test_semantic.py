@@ -327,3 +327,24 @@ def test_resize_left_to_the_device_equals_the_loader_resize(image_size, tiny_mod
     logits = torch.randn(3, 11, side // 4, side // 4)
     predictions = adapter.postprocess(type("Outputs", (), {"logits": logits})(), deferred)
     assert [p["semantic_map"].shape for p in predictions] == [(96, 96), (70, 90), (96, 60)]
+
+
+@pytest.mark.parametrize("in_uint8", [True, False], ids=["uint8 (CPU)", "float (GPU)"])
+def test_device_resize_matches_pil_both_kernels(in_uint8):
+    """The device-side resize, with the uint8 kernel a CPU uses and the float one a GPU uses, equals
+    PIL's bilinear resize within one grey level: upscales, shrinks, and both at once, in one padded batch."""
+    from cvengine.data.transforms import resize_on_device
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    smooth = np.stack([xx, yy, xx + yy], -1) * 0.8
+    image = np.clip(smooth + rng.normal(0, 25, smooth.shape), 0, 255).astype(np.uint8)  # (120, 160, 3): edges and noise
+    targets = [(200, 240), (64, 96), (150, 100)]
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(3, 1, 1, 1)
+    out, mask = resize_on_device(pixels, [(120, 160)] * 3, targets, in_uint8=in_uint8)
+    assert out.shape == (3, 3, 200, 240)
+    for i, (th, tw) in enumerate(targets):
+        pil = torch.from_numpy(np.array(Image.fromarray(image).resize((tw, th), resample=Image.BILINEAR))).permute(2, 0, 1).float()
+        assert float((out[i, :, :th, :tw] - pil).abs().max()) <= 1.0 + 1e-3
+        assert not out[i, :, th:].any() and not out[i, :, :, tw:].any()
+        assert int(mask[i].sum()) == th * tw

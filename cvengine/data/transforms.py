@@ -297,10 +297,11 @@ class Normalizer:
         return out.flip(1) if self.flip_channels else out
 
 
-def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, multiple: int = 1, in_uint8: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded uint8 batch (B, 3, H, W) holding images of `sizes` [(h, w), …] -> float (B, 3, H', W')
     with image i resized to targets[i] (bilinear, antialiased when shrinking, as PIL resamples) and
-    padded bottom/right with 0, plus the matching pixel mask (B, H', W') uint8."""
+    padded bottom/right with 0, plus the matching pixel mask (B, H', W') uint8. in_uint8: interpolate
+    the uint8 pixels (default: on a CPU) or their float values (default elsewhere)."""
     import torch.nn.functional as F
 
     hmax, wmax = padded_hw(targets, multiple)
@@ -308,7 +309,8 @@ def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, mul
     mask = pixels_uint8.new_zeros((len(sizes), hmax, wmax), dtype=torch.uint8)
     # On a CPU, torch's uint8 kernel (PIL's arithmetic, rounded to uint8 as PIL rounds) is 4x faster
     # than the float one; accelerators interpolate floats only.
-    in_uint8 = pixels_uint8.device.type == "cpu"
+    if in_uint8 is None:
+        in_uint8 = pixels_uint8.device.type == "cpu"
     for i, ((h, w), (th, tw)) in enumerate(zip(sizes, targets)):
         image = pixels_uint8[i : i + 1, :, :h, :w]
         if (th, tw) != (h, w):
