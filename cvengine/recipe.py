@@ -4,6 +4,7 @@ Every field here is read by exactly one consumer; a key that nothing reads does 
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import os
@@ -90,6 +91,10 @@ class DataSection:
     # and batches each worker prepares ahead (empty: torch's 2); no effect with num_workers = 0.
     persistent_workers: bool = False
     prefetch_factor: Optional[int] = attrs.field(default=None, validator=_positive)
+    # Where JPEGs are decoded: "cpu" in the loader workers (PIL); "gpu" on the CUDA device after
+    # them, batched (torchvision's nvJPEG), for detection and semantic segmentation families without
+    # augmentation; "auto" the device where all of that holds, else the workers.
+    decode: str = attrs.field(default="cpu", validator=_one_of(("cpu", "gpu", "auto")))
     # Shorter side (or square side for fixed-size models) in pixels; overrides the processor's size,
     # scaling its longest-edge limit by the same factor.
     image_size: Optional[int] = attrs.field(default=None, validator=_positive)
@@ -456,7 +461,8 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
     Relative paths come back absolute: those written in the file against the file's folder, those of
     overrides and of a dict against the current folder (see anchor_paths)."""
     if isinstance(source, dict):
-        data, where = dict(source), "the recipe dict"
+        # Overrides write into nested sections: the caller's dict (often reused for several runs) stays as given.
+        data, where = copy.deepcopy(source), "the recipe dict"
     else:
         path = Path(source)
         where = str(path)

@@ -12,6 +12,9 @@ import tomli_w
 
 from conftest import detection_recipe, run_module
 
+# Tests that start a local Ray cluster (or Spark) run on one test worker, one after the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "cvengine[ray]")')
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token for a local test cluster
 
@@ -116,6 +119,15 @@ def test_tune_asha_survives_a_crashing_trial_and_writes_the_best_recipe(ray_sess
     recipe_file.write_text(tomli_w.dumps(data))
 
     summary = tune_recipe(load_recipe(recipe_file))
+    # One line per trial as it ends, not Tune's status tables (~100 lines per trial).
+    captured = capsys.readouterr()
+    output = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    for t in summary.trials:
+        ending = "ended after" if t.status != "ERROR" else "failed"
+        assert sum(line.startswith(f"trial {t.trial_id} {ending}") for line in output) == 1, output
+    crash_lines = [line for line in output if " failed (" in line]
+    assert crash_lines and all("'batch_size' must be > 0" in line for line in crash_lines), crash_lines
+    assert len(output) <= 2 * len(summary.trials) + 4, output
     print(summary.table())
     statuses = [t.status for t in summary.trials]
     assert len(statuses) == 4
