@@ -350,6 +350,25 @@ def test_device_resize_matches_pil_both_kernels(in_uint8):
         assert int(mask[i].sum()) == th * tw
 
 
+@pytest.mark.parametrize("task", ["semantic_segmentation", "detection"])
+def test_on_a_cpu_the_loader_workers_do_every_resize(task, tmp_path, tiny_model, demo_semantic, demo_detection):
+    """Where the device is this CPU, a resize left to the device would run in the training process,
+    after the loader workers, which can do it beside the training step: there the batches arrive at
+    the model's input size (demo canvases of 96 px to 128 px, of 160 px to 256 px: every resize an upscale)."""
+    from cvengine import Engine, load_recipe
+    from conftest import detection_recipe
+
+    if task == "detection":
+        data = detection_recipe(demo_detection, tiny_model("detection", "detr"), tmp_path / "runs")
+        data["data"]["image_size"] = 256  # DETR's shortest edge: an upscale of the 160 px canvases
+    else:
+        data = _recipe(demo_semantic, tiny_model("semantic_segmentation", "segformer", 11), tmp_path / "runs")
+    engine = Engine(load_recipe(data), checkpoint=None, tracker=None, run_dir=tmp_path / "run", progress=False)
+    assert engine.accelerator.device.type == "cpu"
+    batch = next(iter(engine._loader("train", train=True)[1]))
+    assert batch["image_sizes"] == batch["input_sizes"] and batch["image_sizes"][0] in ((128, 128), (256, 256))
+
+
 def test_readme_demo_learns_beyond_all_background(tmp_path, tiny_model):
     """The README's semantic demo, smaller: `data demo --classes ink --canvas 64` (256 train canvases)
     and recipes/demo_semantic.toml for 5 epochs (160 steps). Predicting background everywhere scores

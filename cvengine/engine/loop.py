@@ -113,6 +113,10 @@ class Engine:
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
         self.decode_device = None
         self.decode_on(resolve_decode(recipe.data.decode, self.accelerator.device, self.adapter, recipe.augment.enabled))
+        if self.decode_device is None and self.accelerator.device.type == "cpu" and getattr(self.adapter, "resizes_on_device", False):
+            # On a CPU the "device" step would run in this process, one after the other with the
+            # training step; in the loader workers the resize runs beside it.
+            self.adapter.resize.defer_above = None
         use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
         if recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
