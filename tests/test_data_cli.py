@@ -378,7 +378,8 @@ def test_demo_refuses_a_non_empty_folder_without_overwrite(tmp_path):
 def test_demo_semantic_ink_classes_are_the_digit_masks_as_one_class(tmp_path):
     """`--classes ink`: the same canvases as the ten-digit demo, every digit's ink as class 1 'digit'."""
     digits = make_demo(tmp_path / "digits", task="semantic_segmentation", num_train=6, num_val=2, canvas=(64, 64))
-    run_cli("demo", tmp_path / "ink", "--task", "semantic_segmentation", "--classes", "ink", "--canvas", "64", "--num-train", "6", "--num-val", "2", check_rc=0)
+    made = run_cli("demo", tmp_path / "ink", "--task", "semantic_segmentation", "--classes", "ink", "--canvas", "64", "--num-train", "6", "--num-val", "2", check_rc=0)
+    assert "64x64 images, 1 category)" in made.stdout
     for split in ("train", "val"):
         ink_json = json.loads((tmp_path / "ink" / split / "annotations.json").read_text())
         digits_json = json.loads(Path(digits["splits"][split]["annotations"]).read_text())

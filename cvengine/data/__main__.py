@@ -34,7 +34,7 @@ def _demo(args) -> int:
             shutil.rmtree(os.path.join(args.out_dir, split), ignore_errors=True)
     result = make_demo(args.out_dir, task=args.task, seed=args.seed, num_train=args.num_train, num_val=args.num_val, canvas=(args.canvas, args.canvas), layout=args.layout, classes=args.classes)
     height, width = result["canvas"]
-    print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} categories) in {result['out_dir']}")
+    print(f"demo {result['task']} data set (seed {result['seed']}, {width}x{height} images, {result['categories']} {'category' if result['categories'] == 1 else 'categories'}) in {result['out_dir']}")
     for split, info in result["splits"].items():
         print(f"  {split}: {info['num_images']} images, {info['num_annotations']} annotations")
         print(f"    annotations {info['annotations'] or '(none: class folders)'}")
