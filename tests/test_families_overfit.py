@@ -14,7 +14,8 @@ from conftest import run_module
 # rf_detr detection map_50 0.767; rf_detr instance map_50 0.862 (0.475, and 0.463 at lr 1e-3, before
 # the inputs followed the processors' resampling); pvt_v2 accuracy 1.000; eomt instance map_50 1.000,
 # panoptic PQ 0.933, semantic mIoU 0.827 (150 steps); detr instance map_50 0.726 (0.13 before its
-# random init followed DETR's reference: every query slot repeated one prediction in evaluation).
+# random init followed DETR's reference: every query slot repeated one prediction in evaluation);
+# sapiens2 semantic mIoU 0.548.
 CASES = [
     ("detection", "rf_detr", 300, 1e-3, "val/map_50", 0.5),
     ("instance_segmentation", "rf_detr", 300, 3e-3, "val/map_50", 0.4),
@@ -23,6 +24,7 @@ CASES = [
     ("panoptic_segmentation", "eomt", 300, 3e-3, "val/pq", 0.5),
     ("semantic_segmentation", "eomt", 150, 3e-3, "val/miou", 0.5),
     ("instance_segmentation", "detr", 300, 3e-3, "val/map_50", 0.5),
+    ("semantic_segmentation", "sapiens2", 150, 3e-3, "val/miou", 0.4),
 ]
 
 _ANNOTATIONS = {"panoptic_segmentation": "panoptic.json"}
