@@ -4,6 +4,7 @@ Every field here is read by exactly one consumer; a key that nothing reads does 
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import os
@@ -456,7 +457,8 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
     Relative paths come back absolute: those written in the file against the file's folder, those of
     overrides and of a dict against the current folder (see anchor_paths)."""
     if isinstance(source, dict):
-        data, where = dict(source), "the recipe dict"
+        # Overrides write into nested sections: the caller's dict (often reused for several runs) stays as given.
+        data, where = copy.deepcopy(source), "the recipe dict"
     else:
         path = Path(source)
         where = str(path)

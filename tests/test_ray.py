@@ -116,6 +116,15 @@ def test_tune_asha_survives_a_crashing_trial_and_writes_the_best_recipe(ray_sess
     recipe_file.write_text(tomli_w.dumps(data))
 
     summary = tune_recipe(load_recipe(recipe_file))
+    # One line per trial as it ends, not Tune's status tables (~100 lines per trial).
+    captured = capsys.readouterr()
+    output = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    for t in summary.trials:
+        ending = "ended after" if t.status != "ERROR" else "failed"
+        assert sum(line.startswith(f"trial {t.trial_id} {ending}") for line in output) == 1, output
+    crash_lines = [line for line in output if " failed (" in line]
+    assert crash_lines and all("'batch_size' must be > 0" in line for line in crash_lines), crash_lines
+    assert len(output) <= 2 * len(summary.trials) + 4, output
     print(summary.table())
     statuses = [t.status for t in summary.trials]
     assert len(statuses) == 4

@@ -22,6 +22,15 @@ def test_defaults_and_overrides_with_types(tmp_path):
     assert load_recipe(BASE, ["train.lr=1"]).train.lr == 1.0
 
 
+def test_overrides_leave_the_callers_dict_as_given():
+    given = {"task": "detection", "model": {"name": "some/model"}, "train": {"lr": 1e-3}}
+    first = load_recipe(given, ["model.name=other/model", "train.lr=5e-4", "train.scheduler.name=linear"])
+    second = load_recipe(given)
+    assert given == {"task": "detection", "model": {"name": "some/model"}, "train": {"lr": 1e-3}}
+    assert (first.model.name, first.train.lr, first.train.scheduler.name) == ("other/model", 5e-4, "linear")
+    assert (second.model.name, second.train.lr, second.train.scheduler.name) == ("some/model", 1e-3, "cosine")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -86,7 +86,8 @@ def ray_cluster(distributed, local_num_cpus: int | None = None):
     else:
         # The dashboard process also reclaims resources of trials a scheduler stops; without it a
         # stopped Ray Train trial can keep its placement group forever.
-        ray.init(num_cpus=local_num_cpus, include_dashboard=True)
+        # Ray's own INFO lines (dashboard address, result files written) stay out of the user's output.
+        ray.init(num_cpus=local_num_cpus, include_dashboard=True, logging_level=logging.WARNING)
     try:
         yield ray
     finally:

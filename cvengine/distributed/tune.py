@@ -9,8 +9,10 @@ its own run folder. A crashed trial is recorded and the study goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -243,9 +245,74 @@ def _fit_study(recipe, settings, space, base, study, study_dir, parent_run_id, m
         trainable,
         param_space={"base": base, "values": space, "study": study, "parent_run_id": parent_run_id},
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=settings.num_samples, search_alg=search_alg, scheduler=scheduler, max_concurrent_trials=settings.max_concurrent_trials),
-        run_config=tune.RunConfig(name=study, storage_path=str(study_dir / "ray"), failure_config=tune.FailureConfig(fail_fast=False), verbose=1),
+        # Tune's own status tables (hundreds of lines for a few trials) are replaced by one line per trial.
+        run_config=tune.RunConfig(name=study, storage_path=str(study_dir / "ray"), failure_config=tune.FailureConfig(fail_fast=False), verbose=0, callbacks=[_trial_lines(metric, mode)]),
     )
-    return tuner.fit()
+    print(f"tune: {settings.num_samples} trials, searching {', '.join(space)} ({settings.search}, {settings.scheduler}); {metric} {mode}; study {study_dir}", flush=True)
+    with _quiet_tune_output():
+        return tuner.fit()
+
+
+@contextlib.contextmanager
+def _quiet_tune_output():
+    """Tune's newer console output prints its experiment box and every failed trial's traceback even
+    at verbose=0; its legacy output honours verbose=0. A trial's failure is printed by TrialLines and
+    in the final table, so Tune's own error log lines are left out too."""
+    previous_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    tune_logger = logging.getLogger("ray.tune")
+    previous_level = tune_logger.level
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    tune_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(previous_level)
+        if previous_env is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous_env
+
+
+def _trial_lines(metric: str, mode: str):
+    """A Tune callback that prints one line when a trial ends: its values and its best metric."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def __init__(self):
+            self.best = {}  # trial id -> best metric reported so far
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(metric)
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                seen = self.best.get(trial.trial_id)
+                better = seen is None or (value > seen if mode == "max" else value < seen)
+                self.best[trial.trial_id] = value if better else seen
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            epochs = (trial.last_result or {}).get("epoch", 0)
+            best = self.best.get(trial.trial_id)
+            shown = "-" if best is None else f"{best:.4f}"
+            print(f"trial {trial.trial_id} ended after {epochs} epochs: best {metric} {shown} ({_values_text(trial.config)})", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"trial {trial.trial_id} failed ({_values_text(trial.config)}): {_last_error_line(trial.error_file)}", flush=True)
+
+    return TrialLines()
+
+
+def _last_error_line(error_file: str | None) -> str:
+    """The exception's own message: the last line of Tune's error file, without the class name."""
+    try:
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return "see the trial's error file in the study folder"
+    last = lines[-1] if lines else ""
+    head, _, message = last.partition(": ")
+    return message if message and head.replace(".", "").replace("_", "").isalnum() else last
+
+
+def _values_text(config: dict) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in config.get("values", {}).items())
 
 
 def _summaries(results, metric: str, mode: str, max_epochs: int) -> list[TrialSummary]:
