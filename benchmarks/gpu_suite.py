@@ -12,7 +12,10 @@ Per model, in one process and on the same device:
   compiled_vs_raw_eager  Engine.fit with train.compile over the raw eager loop (warm-up covers the compile);
   disk_vs_resident       Engine.fit reading JPEG files through the recipe's loader (workers, persistent,
                          prefetch) over the same engine on GPU-resident batches;
-  peak_memory_ratio      peak GPU memory of the engine over the raw loop's (CUDA only).
+  peak_memory_ratio      peak GPU memory of the engine over the raw loop's (CUDA only);
+  gpu_decode_vs_cpu_decode  (models of --decode-models) Engine.fit from the same JPEG files with
+                         data.decode = "gpu" (nvJPEG, batched, in the main process) over data.decode =
+                         "cpu" (PIL in the loader workers); with --smoke, "auto", which is the workers on CPU.
 One JSON line per figure ({"model", "figure", "value", ...}), then a table.
 """
 from __future__ import annotations
@@ -80,9 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--models", default=",".join(SMOKE_FAMILIES), help="comma-separated, of: " + ", ".join(SMOKE_FAMILIES))
     p.add_argument("--workdir", default=None, help="checkpoints and JPEG data sets (default: a temporary folder)")
     p.add_argument("--num-workers", type=int, default=None, help="loader workers from disk (default: cores - 2, at most 12)")
+    p.add_argument("--decode-models", default="segformer-b2", help="models also measured from disk with data.decode = 'gpu' (detection and semantic models only)")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in SMOKE_FAMILIES]
+    args.decode_models = [m.strip() for m in args.decode_models.split(",") if m.strip()]
+    unknown = [m for m in args.models + args.decode_models if m not in SMOKE_FAMILIES]
     if unknown:
         p.error(f"unknown --models {unknown}; choose from {', '.join(SMOKE_FAMILIES)}")
     # (steps per repetition, untimed warm-up steps, A/B repetitions, compile warm-up steps)
@@ -184,18 +189,18 @@ def bench_model(name: str, args, workdir: str, device, rows: list) -> None:
     channels_last = "convnext" in name or "detr" in name
     workers = args.num_workers if args.num_workers is not None else (0 if args.smoke else max(1, min(12, (os.cpu_count() or 4) - 2)))
 
-    def recipe(**train):
+    def recipe(decode="cpu", **train):
         return load_recipe({
             "task": task,
             "model": {"name": checkpoint},
-            "data": {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0, "prefetch_factor": 4 if workers else None, "check": "none",
+            "data": {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0, "prefetch_factor": 4 if workers else None, "check": "none", "decode": decode,
                      "train": {"images": demo["splits"]["train"]["images"], "annotations": demo["splits"]["train"]["annotations"]}},
             "augment": {"enabled": False},
             "train": {"max_epochs": args.repeats, "precision": precision, "grad_clip": 0.1, "channels_last": channels_last, "log_every_steps": 1000, "output_dir": os.path.join(folder, "runs"), **train},
         })
 
-    def engine_with(clock, **train):
-        return Engine(recipe(**train), callbacks=[clock], checkpoint=None, tracker=None, run_dir=os.path.join(folder, "run"), progress=False)
+    def engine_with(clock, decode="cpu", **train):
+        return Engine(recipe(decode, **train), callbacks=[clock], checkpoint=None, tracker=None, run_dir=os.path.join(folder, "run"), progress=False)
 
     # GPU-resident batches: the engine's own loader and collate, `distinct` batches cycled over the steps.
     raw_clock = StepClock(args.warmup, batch_size, sync)
@@ -262,6 +267,21 @@ def bench_model(name: str, args, workdir: str, device, rows: list) -> None:
     emit(rows, **common, figure="disk_vs_resident", value=round(disk_clock.rates[0] / engine_ips, 3), disk_images_per_s=round(disk_clock.rates[0], 2), loader_workers=workers)
     del from_disk
 
+    if name in args.decode_models:
+        from cvengine.errors import RecipeError
+
+        # The same files and loader, decoded on the device after the workers.
+        decode_clock = StepClock(args.warmup, batch_size, sync)
+        try:
+            on_device = engine_with(decode_clock, decode="auto" if args.smoke else "gpu", max_epochs=1)
+        except RecipeError as err:
+            print(f"gpu_suite: {name}: gpu_decode_vs_cpu_decode not measured: {err}", file=sys.stderr, flush=True)
+            return
+        on_device.fit()
+        emit(rows, **common, figure="gpu_decode_vs_cpu_decode", value=round(decode_clock.rates[0] / disk_clock.rates[0], 3), gpu_decode_images_per_s=round(decode_clock.rates[0], 2),
+             cpu_decode_images_per_s=round(disk_clock.rates[0], 2), decoded_on=str(on_device.decode_device or "loader workers"), loader_workers=workers)
+        del on_device
+
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -287,7 +307,7 @@ def main(argv=None) -> int:
     finally:
         if workdir_ctx is not None:
             workdir_ctx.cleanup()
-    figures = ("engine_vs_raw", "compiled_vs_raw_eager", "disk_vs_resident", "peak_memory_ratio")
+    figures = ("engine_vs_raw", "compiled_vs_raw_eager", "disk_vs_resident", "gpu_decode_vs_cpu_decode", "peak_memory_ratio")
     print(f"\n| model | raw images/s eager | {' | '.join(figures)} |\n|---|---|{'---|' * len(figures)}")
     for name in args.models:
         got = {r["figure"]: r for r in rows if r["model"] == name}

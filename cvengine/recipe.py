@@ -91,6 +91,10 @@ class DataSection:
     # and batches each worker prepares ahead (empty: torch's 2); no effect with num_workers = 0.
     persistent_workers: bool = False
     prefetch_factor: Optional[int] = attrs.field(default=None, validator=_positive)
+    # Where JPEGs are decoded: "cpu" in the loader workers (PIL); "gpu" on the CUDA device after
+    # them, batched (torchvision's nvJPEG), for detection and semantic segmentation families without
+    # augmentation; "auto" the device where all of that holds, else the workers.
+    decode: str = attrs.field(default="cpu", validator=_one_of(("cpu", "gpu", "auto")))
     # Shorter side (or square side for fixed-size models) in pixels; overrides the processor's size,
     # scaling its longest-edge limit by the same factor.
     image_size: Optional[int] = attrs.field(default=None, validator=_positive)

@@ -14,6 +14,9 @@ import pytest
 
 from conftest import REPO
 
+# Tests that start a local Ray cluster (or Spark) run on one test worker, one after the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture(scope="module")
 def nested_images(demo_detection, tmp_path_factory) -> Path:

@@ -12,6 +12,9 @@ import tomli_w
 
 from conftest import detection_recipe, run_module
 
+# Tests that start a local Ray cluster (or Spark) run on one test worker, one after the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "cvengine[ray]")')
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token for a local test cluster
 

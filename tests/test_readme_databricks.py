@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests that start a local Ray cluster (or Spark) run on one test worker, one after the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 pytest.importorskip("ray", reason='Ray is not installed (pip install "cvengine[ray]")')
 
 README = Path(__file__).resolve().parents[1] / "README.md"

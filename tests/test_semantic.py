@@ -284,3 +284,86 @@ def test_mask2former_semantic_overfit(tmp_path, tiny_model):
     metrics = json.loads((tmp_path / "runs" / "tests" / "overfit" / "metrics.json").read_text())["last"]
     assert metrics["val/num_images"] == 4
     assert metrics["val/miou"] >= 0.35 and metrics["val/miou"] > 10 * before
+
+
+@pytest.mark.parametrize("image_size", [None, 64])
+def test_resize_left_to_the_device_equals_the_loader_resize(image_size, tiny_model, demo_semantic):
+    """A resize that keeps more than half the pixels is left by the loader worker to the device, for
+    the image (bilinear) and its label map (nearest): what the model receives equals the worker's own
+    resize (PIL) within one grey level, and the label maps exactly. Demo canvases of 96 px, cropped to
+    three sizes, to the tiny model's 128 px (all deferred) or 64 px (the 96 px canvas shrinks to 44 %
+    of its pixels: resized in the worker)."""
+    from cvengine.adapters.semantic import SemanticSegmentationAdapter
+    from cvengine.data.dataset import Sample
+    from cvengine.data.images import read_image
+    from cvengine.data.transforms import ResizePolicy
+
+    index = CocoSemanticIndex.load(str(demo_semantic / "val" / "annotations.json"), str(demo_semantic / "val" / "images"))
+    model, processor, _, _ = load_model(tiny_model("semantic_segmentation", "segformer", 11), True, "semantic_segmentation", index.class_names)
+    adapter = SemanticSegmentationAdapter(model, processor, image_size)
+    in_the_worker = ResizePolicy.from_processor(processor, crop=False)  # the same size and filter, never deferred
+
+    def batch(policy):
+        samples = []
+        for i, (h, w) in enumerate(((96, 96), (70, 90), (96, 60))):
+            image, label_map = read_image(index.image_path(i))[:h, :w], index.semantic_map(i)[:h, :w]
+            image, _, maps = policy(np.ascontiguousarray(image), None, np.ascontiguousarray(label_map)[None])
+            samples.append(Sample(image=np.ascontiguousarray(image), image_id=i, orig_size=(h, w), boxes_xyxy_abs=np.zeros((0, 4), np.float32),
+                                  labels=np.zeros((0,), np.int64), semantic_map=maps[0]))
+        return adapter.collate(samples)
+
+    deferred, reference = batch(adapter.resize), batch(in_the_worker)
+    side = image_size or 128
+    assert deferred["input_sizes"] == reference["input_sizes"] == reference["image_sizes"] == [(side, side)] * 3
+    # What the worker did: nothing at 128 px; at 64 px only the 96 px canvas was shrunk there.
+    assert deferred["image_sizes"] == ([(96, 96), (70, 90), (96, 60)] if image_size is None else [(64, 64), (70, 90), (96, 60)])
+    ours, theirs = adapter.model_inputs(deferred), adapter.model_inputs(reference)
+    assert ours["labels"].dtype == torch.int64 and ours["labels"].shape == (3, side, side)
+    assert torch.equal(ours["labels"], theirs["labels"])
+    assert len(torch.unique(ours["labels"])) > 2  # background and several digits: label edges to resize
+    one_level = adapter.normalize.scale.view(1, 3, 1, 1)
+    assert float(((ours["pixel_values"] - theirs["pixel_values"]).abs() / one_level).max()) <= 1.0 + 1e-3
+    # Post-processing sees the model-input size: predictions come back at each image's original size.
+    logits = torch.randn(3, 11, side // 4, side // 4)
+    predictions = adapter.postprocess(type("Outputs", (), {"logits": logits})(), deferred)
+    assert [p["semantic_map"].shape for p in predictions] == [(96, 96), (70, 90), (96, 60)]
+
+
+@pytest.mark.parametrize("in_uint8", [True, False], ids=["uint8 (CPU)", "float (GPU)"])
+def test_device_resize_matches_pil_both_kernels(in_uint8):
+    """The device-side resize, with the uint8 kernel a CPU uses and the float one a GPU uses, equals
+    PIL's bilinear resize within one grey level: upscales, shrinks, and both at once, in one padded batch."""
+    from cvengine.data.transforms import resize_on_device
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    smooth = np.stack([xx, yy, xx + yy], -1) * 0.8
+    image = np.clip(smooth + rng.normal(0, 25, smooth.shape), 0, 255).astype(np.uint8)  # (120, 160, 3): edges and noise
+    targets = [(200, 240), (64, 96), (150, 100)]
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(3, 1, 1, 1)
+    out, mask = resize_on_device(pixels, [(120, 160)] * 3, targets, in_uint8=in_uint8)
+    assert out.shape == (3, 3, 200, 240)
+    for i, (th, tw) in enumerate(targets):
+        pil = torch.from_numpy(np.array(Image.fromarray(image).resize((tw, th), resample=Image.BILINEAR))).permute(2, 0, 1).float()
+        assert float((out[i, :, :th, :tw] - pil).abs().max()) <= 1.0 + 1e-3
+        assert not out[i, :, th:].any() and not out[i, :, :, tw:].any()
+        assert int(mask[i].sum()) == th * tw
+
+
+@pytest.mark.parametrize("task", ["semantic_segmentation", "detection"])
+def test_on_a_cpu_the_loader_workers_do_every_resize(task, tmp_path, tiny_model, demo_semantic, demo_detection):
+    """Where the device is this CPU, a resize left to the device would run in the training process,
+    after the loader workers, which can do it beside the training step: there the batches arrive at
+    the model's input size (demo canvases of 96 px to 128 px, of 160 px to 256 px: every resize an upscale)."""
+    from cvengine import Engine, load_recipe
+    from conftest import detection_recipe
+
+    if task == "detection":
+        data = detection_recipe(demo_detection, tiny_model("detection", "detr"), tmp_path / "runs")
+        data["data"]["image_size"] = 256  # DETR's shortest edge: an upscale of the 160 px canvases
+    else:
+        data = _recipe(demo_semantic, tiny_model("semantic_segmentation", "segformer", 11), tmp_path / "runs")
+    engine = Engine(load_recipe(data), checkpoint=None, tracker=None, run_dir=tmp_path / "run", progress=False)
+    assert engine.accelerator.device.type == "cpu"
+    batch = next(iter(engine._loader("train", train=True)[1]))
+    assert batch["image_sizes"] == batch["input_sizes"] and batch["image_sizes"][0] in ((128, 128), (256, 256))

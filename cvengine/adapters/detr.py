@@ -38,10 +38,12 @@ class DetrFamilyAdapter(Adapter):
     unused_parameter_families = frozenset({"conditional_detr", "dab-detr"})
     # The CNN backbone of the DETR line; DEIMv2's backbone (HGNetV2 or DINOv3); YOLOS's whole ViT.
     backbone_prefixes = ("model.backbone.", "model.conv_encoder.model.", "vit.")
+    # model_inputs resizes images of any size to their input size (data.decode on the device needs it).
+    resizes_on_device = True
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
-        self.resize = ResizePolicy.from_processor(processor, image_size, defer_upscale=True, crop=False)
+        self.resize = ResizePolicy.from_processor(processor, image_size, defer_above=1.0, crop=False)
         self.normalize = Normalizer(processor)
         self.pad_multiple = int(getattr(processor, "size_divisor", None) or 1)
         self.accepts_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters

@@ -234,7 +234,7 @@ class SemanticUniversalAdapter(MaskClassificationAdapter):
 
     @staticmethod
     def _masks_and_labels(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        label_map = sample.semantic_map  # (h, w) int64, IGNORE = 255
+        label_map = sample.semantic_map  # (h, w) uint8, IGNORE = 255
         labels = np.unique(label_map)
         labels = labels[labels != IGNORE].astype(np.int64)  # (N,)
         masks = (label_map[None] == labels[:, None, None]).astype(np.uint8)  # (N, h, w)

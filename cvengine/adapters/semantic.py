@@ -18,10 +18,14 @@ import torch
 from cvengine.adapters.base import Adapter, Family
 from cvengine.data.dataset import Sample
 from cvengine.data.masks import IGNORE
-from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack
+from cvengine.data.transforms import Normalizer, ResizePolicy, pad_stack, padded_hw, resize_labels_on_device, resize_on_device
 
 # Config attributes through which each family's loss learns the ignored label.
 _IGNORE_INDEX_KEYS = ("semantic_loss_ignore_index", "loss_ignore_index")
+# The loader worker resizes only the images that their resize shrinks to half their pixels or less
+# (large photographs, whose copies it makes smaller); every other resize, of the image and of its
+# label map, is done on the device for the whole batch.
+DEFER_ABOVE = 0.5
 
 
 class SemanticSegmentationAdapter(Adapter):
@@ -29,12 +33,14 @@ class SemanticSegmentationAdapter(Adapter):
     auto_model = "AutoModelForSemanticSegmentation"
     # DPT: the backbone's final layernorm and the first fusion layer's residual unit are not applied.
     unused_parameter_families = frozenset({"dpt"})
+    # model_inputs resizes images of any size to their input size (data.decode on the device needs it).
+    resizes_on_device = True
 
     def __init__(self, model, processor, image_size: int | None = None):
         super().__init__(model, processor, image_size)
         # The checkpoint processor's resize rule and filter; label maps follow with NEAREST. No centre
         # crop: every pixel of the image is predicted and scored.
-        self.resize = ResizePolicy.from_processor(processor, image_size, crop=False)
+        self.resize = ResizePolicy.from_processor(processor, image_size, defer_above=DEFER_ABOVE, crop=False)
         self.normalize = Normalizer(processor)
         for key in _IGNORE_INDEX_KEYS:
             if hasattr(model.config, key):
@@ -44,37 +50,50 @@ class SemanticSegmentationAdapter(Adapter):
     def collate(self, samples: list[Sample]) -> dict:
         # Sizes differ only for processors that keep the aspect ratio (DPT, MobileViT): padding is
         # zero after normalisation and IGNORE in the labels, so it is neither seen nor learned.
+        image_sizes = [tuple(s.image.shape[:2]) for s in samples]
         pixels, pixel_mask = pad_stack([s.image for s in samples])
-        labels = np.full((len(samples),) + tuple(pixels.shape[-2:]), IGNORE, dtype=np.int64)
+        # uint8 (labels < IGNORE = 255, see SemanticIndex): 8x less to fill, pin and move than int64.
+        labels = np.full((len(samples),) + tuple(pixels.shape[-2:]), IGNORE, dtype=np.uint8)
         for row, s in enumerate(samples):
             labels[row, : s.semantic_map.shape[0], : s.semantic_map.shape[1]] = s.semantic_map
         return {
             "pixels_uint8": pixels,  # (B, 3, H, W) uint8
             "pixel_mask": pixel_mask,  # (B, H, W) uint8, 1 on real pixels
-            "input_sizes": torch.tensor([s.image.shape[:2] for s in samples], dtype=torch.int64),  # (B, 2) resized, unpadded
-            "labels": torch.from_numpy(labels),  # (B, H, W) int64, IGNORE = 255
+            "labels": torch.from_numpy(labels),  # (B, H, W) uint8, IGNORE = 255, at the sizes of `pixels_uint8`
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.int64),
             "orig_sizes": torch.tensor([s.orig_size for s in samples], dtype=torch.int64),  # (B, 2) H, W
+            # Plain lists (stay on the host): sizes of the images in `pixels_uint8`, and the model-input
+            # sizes (resized, unpadded) they still have to reach on the device.
+            "image_sizes": image_sizes,
+            "input_sizes": [self.resize.input_hw(h, w) for h, w in image_sizes],
         }
 
     # -- on the device: the base Adapter's loss ------------------------------------------------------
     def model_inputs(self, batch: dict, with_labels: bool = True) -> dict:
-        inputs = {"pixel_values": self.normalize(batch["pixels_uint8"]) * batch["pixel_mask"].unsqueeze(1)}
+        pixels, pixel_mask, labels = batch["pixels_uint8"], batch["pixel_mask"], batch["labels"]
+        sizes, targets = batch["image_sizes"], batch["input_sizes"]
+        if sizes != targets:
+            pixels, pixel_mask = resize_on_device(pixels, sizes, targets)
+            if with_labels:
+                labels = resize_labels_on_device(labels, sizes, targets, IGNORE)
+        # Padding is zero after normalisation, as the processors pad.
+        inputs = {"pixel_values": self.normalize(pixels) * pixel_mask.unsqueeze(1)}
         if with_labels:
-            inputs["labels"] = batch["labels"]
+            inputs["labels"] = labels.long()  # (B, H', W') int64, as the models' losses index with it
         return inputs
 
     def postprocess(self, outputs, batch: dict) -> list[dict]:
         """-> per image {image_id, semantic_map (H, W) uint8 at the original image size}."""
         logits = outputs.logits  # (B, K, h, w) at a fraction of the padded input (Hp, Wp)
-        padded_hw = tuple(batch["pixels_uint8"].shape[-2:])
+        input_sizes = [tuple(hw) for hw in (batch["input_sizes"].tolist() if isinstance(batch["input_sizes"], torch.Tensor) else batch["input_sizes"])]
+        model_hw = padded_hw(input_sizes)
         predictions = []
-        sizes = zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist(), batch["input_sizes"].tolist())
+        sizes = zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist(), input_sizes)
         for row, (image_id, (h, w), (ih, iw)) in enumerate(sizes):
             image_logits = logits[row : row + 1].float()
-            if (ih, iw) != padded_hw:
+            if (ih, iw) != model_hw:
                 # Up to the padded input, padding cropped away, then to the original size.
-                image_logits = torch.nn.functional.interpolate(image_logits, size=padded_hw, mode="bilinear", align_corners=False)[:, :, :ih, :iw]
+                image_logits = torch.nn.functional.interpolate(image_logits, size=model_hw, mode="bilinear", align_corners=False)[:, :, :ih, :iw]
             upsampled = torch.nn.functional.interpolate(image_logits, size=(h, w), mode="bilinear", align_corners=False)
             label_map = upsampled[0].argmax(dim=0).to(torch.uint8 if logits.shape[1] <= 255 else torch.int32)
             predictions.append({"image_id": image_id, "semantic_map": label_map.cpu().numpy()})

@@ -8,6 +8,7 @@ import attrs
 import numpy as np
 import torch
 
+from cvengine.data.decode import device_decodable_jpeg, placeholder_image
 from cvengine.data.images import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from cvengine.errors import DataError
 
@@ -21,7 +22,7 @@ class Sample:
     labels: np.ndarray  # (N,) int64 contiguous labels
     file_name: str = ""
     masks: Optional[np.ndarray] = None  # (N, H, W) uint8 0/1, one per box
-    semantic_map: Optional[np.ndarray] = None  # (H, W) int64, 255 = ignore
+    semantic_map: Optional[np.ndarray] = None  # (H, W) uint8 labels (fewer than 255 classes), 255 = ignore
     class_label: Optional[int] = None
 
 
@@ -44,6 +45,9 @@ class SampleDataset(torch.utils.data.Dataset):
 
     # data.max_image_pixels (set by the engine): larger images are refused before decoding.
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # data.decode on the device (set by the engine): JPEGs that decode as they are stay undecoded
+    # here (a placeholder of their size, see cvengine.data.decode).
+    decode_on_device: bool = False
 
     def __init__(self, index, augment=None, resize: Callable | None = None, seed: int = 0):
         self.index = index
@@ -74,7 +78,8 @@ class SampleDataset(torch.utils.data.Dataset):
         """Image position i as (H, W, 3) uint8 RGB, refusing a file whose size (EXIF orientation
         applied) is not the record's: boxes and masks would land in the wrong place."""
         path = self.index.image_path(i)
-        image = read_image(path, self.max_image_pixels)
+        size = device_decodable_jpeg(path, self.max_image_pixels) if self.decode_on_device else None
+        image = placeholder_image(*size) if size is not None else read_image(path, self.max_image_pixels)
         expected = (int(self.index.heights[i]), int(self.index.widths[i]))
         if expected != image.shape[:2] and min(expected) > 0:
             swapped = " (swapped: EXIF orientation rotates this file)" if expected == image.shape[1::-1] else ""

@@ -87,25 +87,27 @@ def paint_semantic_map(segmentations: list, labels, iscrowd, height: int, width:
     where instances overlap the smaller one wins (a cup on a table stays a cup). Equal areas keep
     the file's order. `where` names the image in errors.
     """
-    semantic = np.full((height, width), background, dtype=np.uint8)
+    # Painted in column-major order, the order pycocotools decodes masks in: every pass is contiguous.
+    semantic = np.full((height, width), background, dtype=np.uint8, order="F")
     masks = []
     for k, segmentation in enumerate(segmentations):
         try:
-            masks.append(decode_segmentation(segmentation, height, width).astype(bool))
+            masks.append(decode_segmentation(segmentation, height, width).view(bool))  # 0/1 uint8 read as bool, no copy
         except ValueError as err:
             raise DataError(f"{where}: instance {k} ({'crowd' if iscrowd[k] else 'label ' + str(int(labels[k]))}): {err}") from None
     for k, mask in enumerate(masks):
         if iscrowd[k]:
-            semantic[mask] = IGNORE
-    areas = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+            np.copyto(semantic, IGNORE, where=mask)
+    areas = np.array([np.count_nonzero(m) for m in masks], dtype=np.int64)
     for k in np.argsort(-areas, kind="stable"):
         if not iscrowd[k]:
-            semantic[masks[k]] = int(labels[k])
-    return semantic
+            np.copyto(semantic, int(labels[k]), where=masks[k])
+    return np.ascontiguousarray(semantic)
 
 
 def read_label_png(path: str) -> np.ndarray:
-    """A single-channel label PNG (mode L, P or 16-bit) -> (H, W) int64 of the stored values.
+    """A single-channel label PNG (mode L, P or 16-bit) -> (H, W) integers of the stored values
+    (uint8 for 8-bit PNGs, wider for 16-bit ones).
 
     Palette PNGs (ADE20K, Pascal VOC) store label ids as palette indices: the indices are read, not
     the colours. Colour masks are refused with an error naming the file.
@@ -116,7 +118,7 @@ def read_label_png(path: str) -> np.ndarray:
         with Image.open(path) as image:
             if image.mode in ("RGB", "RGBA", "LA", "CMYK"):
                 raise DataError(f"mask {path} is a {image.mode} colour image; masks must hold one label id per pixel (PNG mode L, P or I;16)")
-            return np.asarray(image).astype(np.int64)
+            return np.asarray(image)
     except FileNotFoundError:
         raise DataError(f"mask not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -124,27 +126,44 @@ def read_label_png(path: str) -> np.ndarray:
 
 
 def remap_png_labels(values: np.ndarray, num_classes: int, ignore_index: int, reduce_labels: bool, path: str) -> np.ndarray:
-    """Stored PNG values (H, W) int64 -> contiguous labels (H, W) uint8 with IGNORE.
+    """Stored PNG values (H, W) of any integer dtype -> contiguous labels (H, W) uint8 with IGNORE.
 
     ignore_index: the stored value meaning "not labelled" (255 in most data sets).
     reduce_labels (ADE20K): stored 0 is "other" -> IGNORE, and every other value v -> v - 1.
     A value outside the label map is an error naming the file.
     """
+    if values.dtype == np.uint8:
+        import cv2
+
+        # 8-bit masks: the rule applied once to the 256 possible values, then OpenCV's table look-up
+        # per pixel (a tenth of a millisecond at 640x480, against several passes in int64).
+        table, bad_values = _remap_values(np.arange(256, dtype=np.int64), num_classes, ignore_index, reduce_labels)
+        out = cv2.LUT(values, table)
+        bad = cv2.LUT(values, bad_values.astype(np.uint8)).view(bool)
+        stored_bad = np.unique(values[bad]) if bad.any() else []
+    else:
+        out, bad = _remap_values(values.astype(np.int64), num_classes, ignore_index, reduce_labels)
+        stored_bad = np.unique(values[bad]) if bad.any() else []
+    if len(stored_bad):
+        shift = 1 if reduce_labels else 0
+        found = [int(v) for v in stored_bad[:5]]
+        raise DataError(
+            f"mask {path}: values {found} are outside 0..{num_classes - 1 + shift} ({num_classes} classes in data.labels"
+            f"{', reduce_labels' if reduce_labels else ''}) and are not data.ignore_index = {ignore_index}"
+        )
+    return out
+
+
+def _remap_values(values: np.ndarray, num_classes: int, ignore_index: int, reduce_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stored values (any shape, int64) -> (labels uint8 with IGNORE, bool: outside the label map)."""
     ignore = values == ignore_index
     if reduce_labels:
         ignore |= values == 0
         values = values - 1
     bad = ~ignore & ((values < 0) | (values >= num_classes))
-    if bad.any():
-        shift = 1 if reduce_labels else 0
-        found = (np.unique(values[bad]) + shift)[:5].tolist()
-        raise DataError(
-            f"mask {path}: values {found} are outside 0..{num_classes - 1 + shift} ({num_classes} classes in data.labels"
-            f"{', reduce_labels' if reduce_labels else ''}) and are not data.ignore_index = {ignore_index}"
-        )
     out = values.astype(np.uint8)
-    out[ignore] = IGNORE
-    return out
+    out[ignore | bad] = IGNORE
+    return out, bad
 
 
 def read_class_names(labels, where: str = "data.labels") -> list[str]:

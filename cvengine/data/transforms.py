@@ -180,21 +180,25 @@ class ResizePolicy:
     neighbour. Forms of `size`: {height, width} (fixed), {shortest_edge[, longest_edge]} (aspect
     kept), {longest_edge}, {max_height, max_width}."""
 
-    def __init__(self, size: dict, defer_upscale: bool = False, resample: int = BILINEAR, crop: tuple[int, int] | None = None, rule=None):
+    def __init__(self, size: dict, defer_above: float | None = None, resample: int = BILINEAR, crop: tuple[int, int] | None = None, rule=None):
         self.size = dict(size)
-        # Upscaling in a loader worker makes every later copy (collate, pinning, host-to-device) bigger;
-        # with defer_upscale the worker leaves such images as they are and `resize_on_device` does it.
-        self.defer_upscale = defer_upscale
         self.resample = int(resample)
+        # A resize in a loader worker costs a third of the worker's time, and an upscale there makes
+        # every later copy (collate, pinning, host-to-device) bigger. With defer_above, the worker
+        # leaves an image as it is when its resize keeps more than that fraction of its pixels
+        # (1.0: upscales only) and `resize_on_device` does it on the whole batch. Only PIL's
+        # bilinear filter is reproduced there within a grey level (bicubic differs by up to 3).
+        self.defer_above = defer_above if self.resample == BILINEAR else None
         self.crop = crop  # (h, w) of the centre crop after resizing, or None
         self._rule = rule or _base_rule(self.size)
 
     @classmethod
-    def from_processor(cls, processor, image_size: int | None = None, defer_upscale: bool = False, crop: bool = True) -> "ResizePolicy":
+    def from_processor(cls, processor, image_size: int | None = None, defer_above: float | None = None, crop: bool = True) -> "ResizePolicy":
         """The policy of `processor`. image_size: the recipe's `data.image_size`, which scales every
         edge of the processor's size and crop by one factor (so that e.g. DETR's 800/1333 ratio is
         kept) and is written back into the processor, so that the saved processor carries it.
-        crop=False: no centre crop (dense tasks predict every pixel of the image)."""
+        crop=False: no centre crop (dense tasks predict every pixel of the image). defer_above: see
+        the class (a policy that defers must not crop: the crop follows the resize)."""
         do_resize = processor_flag(processor, "do_resize", True)
         size = _size_dict(getattr(processor, "size", None)) if do_resize else {}
         crop_size = _size_dict(getattr(processor, "crop_size", None)) if processor_flag(processor, "do_center_crop", False) else {}
@@ -217,13 +221,20 @@ class ResizePolicy:
         if crop and crop_pct_side and crop_pct_side < CROP_PCT_BELOW:
             crop_hw = (crop_pct_side, crop_pct_side)
         rule = _size_rule(processor, size) if size else None
-        return cls(size, defer_upscale=defer_upscale, resample=processor_flag(processor, "resample", BILINEAR), crop=crop_hw, rule=rule)
+        return cls(size, defer_above=defer_above, resample=processor_flag(processor, "resample", BILINEAR), crop=crop_hw, rule=rule)
 
     def input_hw(self, h: int, w: int) -> tuple[int, int]:
         """The model-input size for an image of (h, w) that may already have been resized by this
         policy: resizing twice can move an edge by a pixel through rounding, which is not worth a pass."""
         th, tw = self.target_hw(h, w)
         return (h, w) if abs(th - h) <= 1 and abs(tw - w) <= 1 else (th, tw)
+
+    def deferred(self, h: int, w: int) -> bool:
+        """Whether an (h, w) image is left at its size by the loader worker, for `resize_on_device`."""
+        if self.defer_above is None or self.crop is not None:
+            return False
+        th, tw = self.target_hw(h, w)
+        return th * tw > self.defer_above * h * w
 
     def target_hw(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is resized to, before any crop."""
@@ -240,7 +251,7 @@ class ResizePolicy:
 
         h, w = image.shape[:2]
         th, tw = self.target_hw(h, w)
-        if (th, tw) != (h, w) and not (self.defer_upscale and th * tw > h * w):
+        if (th, tw) != (h, w) and not self.deferred(h, w):
             image = np.asarray(Image.fromarray(image).resize((tw, th), resample=self.resample))
             if boxes_xyxy_abs is not None and len(boxes_xyxy_abs):
                 boxes_xyxy_abs = boxes_xyxy_abs * np.array([tw / w, th / h, tw / w, th / h], dtype=np.float32)
@@ -286,35 +297,60 @@ class Normalizer:
         return out.flip(1) if self.flip_channels else out
 
 
-def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_on_device(pixels_uint8: torch.Tensor, sizes: list, targets: list, multiple: int = 1, in_uint8: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded uint8 batch (B, 3, H, W) holding images of `sizes` [(h, w), …] -> float (B, 3, H', W')
     with image i resized to targets[i] (bilinear, antialiased when shrinking, as PIL resamples) and
-    padded bottom/right with 0, plus the matching pixel mask (B, H', W') uint8."""
+    padded bottom/right with 0, plus the matching pixel mask (B, H', W') uint8. in_uint8: interpolate
+    the uint8 pixels (default: on a CPU) or their float values (default elsewhere)."""
     import torch.nn.functional as F
 
-    hmax = max(t[0] for t in targets)
-    wmax = max(t[1] for t in targets)
-    if multiple > 1:
-        hmax, wmax = math.ceil(hmax / multiple) * multiple, math.ceil(wmax / multiple) * multiple
+    hmax, wmax = padded_hw(targets, multiple)
     out = pixels_uint8.new_zeros((len(sizes), 3, hmax, wmax), dtype=torch.float32)
     mask = pixels_uint8.new_zeros((len(sizes), hmax, wmax), dtype=torch.uint8)
+    # On a CPU, torch's uint8 kernel (PIL's arithmetic, rounded to uint8 as PIL rounds) is 4x faster
+    # than the float one; accelerators interpolate floats only.
+    if in_uint8 is None:
+        in_uint8 = pixels_uint8.device.type == "cpu"
     for i, ((h, w), (th, tw)) in enumerate(zip(sizes, targets)):
-        image = pixels_uint8[i : i + 1, :, :h, :w].float()
+        image = pixels_uint8[i : i + 1, :, :h, :w]
         if (th, tw) != (h, w):
-            image = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False, antialias=th < h or tw < w)
+            # antialias=True on an upscale gives plain bilinear weights; the uint8 kernel needs it.
+            image = F.interpolate(image if in_uint8 else image.float(), size=(th, tw), mode="bilinear", align_corners=False, antialias=in_uint8 or th < h or tw < w)
         out[i, :, :th, :tw] = image[0]
         mask[i, :th, :tw] = 1
     return out, mask
+
+
+def resize_labels_on_device(labels: torch.Tensor, sizes: list, targets: list, fill: int, multiple: int = 1) -> torch.Tensor:
+    """Padded label maps (B, H, W) of any integer dtype holding maps of `sizes` [(h, w), …] ->
+    (B, H', W') of the same dtype, map i resized to targets[i] with nearest neighbour at PIL's pixel
+    centres ("nearest-exact", as `ResizePolicy` resizes them on the host) and padded with `fill`."""
+    import torch.nn.functional as F
+
+    hmax, wmax = padded_hw(targets, multiple)
+    out = labels.new_full((len(sizes), hmax, wmax), fill)
+    for i, ((h, w), (th, tw)) in enumerate(zip(sizes, targets)):
+        label_map = labels[i, :h, :w]
+        if (th, tw) != (h, w):
+            # In float: label ids (< 2**24) are exact there, and every device interpolates floats.
+            label_map = F.interpolate(label_map[None, None].float(), size=(th, tw), mode="nearest-exact")[0, 0].to(labels.dtype)
+        out[i, :th, :tw] = label_map
+    return out
+
+
+def padded_hw(sizes: list, multiple: int = 1) -> tuple[int, int]:
+    """The (H, W) a batch of images of `sizes` [(h, w), …] is padded to: the largest of each side,
+    rounded up to `multiple`."""
+    hmax = max(int(s[0]) for s in sizes)
+    wmax = max(int(s[1]) for s in sizes)
+    return math.ceil(hmax / multiple) * multiple, math.ceil(wmax / multiple) * multiple
 
 
 def pad_stack(images: list[np.ndarray], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """List of (H_i, W_i, 3) uint8 -> pixels (B, 3, H, W) uint8 padded bottom/right with 0, and
     pixel_mask (B, H, W) uint8 with 1 on real pixels (uint8, not int64: 8x less to fill, move and pin;
     adapters widen it on the device)."""
-    hmax = max(im.shape[0] for im in images)
-    wmax = max(im.shape[1] for im in images)
-    if multiple > 1:
-        hmax, wmax = math.ceil(hmax / multiple) * multiple, math.ceil(wmax / multiple) * multiple
+    hmax, wmax = padded_hw([im.shape for im in images], multiple)
     batch = np.empty((len(images), hmax, wmax, 3), dtype=np.uint8)
     mask = np.empty((len(images), hmax, wmax), dtype=np.uint8)
     for i, im in enumerate(images):

@@ -21,6 +21,7 @@ import torch
 
 from cvengine.adapters import adapter_class, load_model
 from cvengine.cli import raise_if_terminated
+from cvengine.data.decode import EncodedCollate, decode_on_device, resolve_decode
 from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
@@ -110,6 +111,12 @@ class Engine:
         # it has been trained or weights are loaded.
         self.untrained_head = list(reinitialised)
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
+        self.decode_device = None
+        self.decode_on(resolve_decode(recipe.data.decode, self.accelerator.device, self.adapter, recipe.augment.enabled))
+        if self.decode_device is None and self.accelerator.device.type == "cpu" and getattr(self.adapter, "resizes_on_device", False):
+            # On a CPU the "device" step would run in this process, one after the other with the
+            # training step; in the loader workers the resize runs beside it.
+            self.adapter.resize.defer_above = None
         use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
         if recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -148,18 +155,33 @@ class Engine:
         for hook in self.hooks:
             getattr(hook, event)(self, self.state, *args)
 
+    def decode_on(self, device: torch.device | None) -> None:
+        """Decode the loaders' JPEGs on `device` after the loader workers (None: in the workers, with
+        PIL), as data.decode resolved it; before the first loader is built. Needs an adapter that
+        resizes on the device and no augmentation (see cvengine.data.decode)."""
+        if getattr(self, "_loaders", None):
+            raise RuntimeError("decode_on: the loaders are already built")
+        self.decode_device = device
+        if device is not None:
+            # Every resize waits for the pixels, decoded on the device.
+            self.adapter.resize.defer_above = 0.0
+
     # ------------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool):
         key = (split, train)
         if key not in self._loaders:
             dataset = self.task.build_dataset(self.recipe, self.indexes[split], self.adapter, train=train)
             dataset.max_image_pixels = self.recipe.data.max_image_pixels
+            collate = self.adapter.collate
+            if self.decode_device is not None:
+                dataset.decode_on_device = True
+                collate = EncodedCollate(collate, dataset.index.images_dir, dataset.max_image_pixels)
             loader = torch.utils.data.DataLoader(
                 dataset,
                 batch_size=self.recipe.data.batch_size,
                 shuffle=train,
                 num_workers=self.recipe.data.num_workers,
-                collate_fn=self.adapter.collate,
+                collate_fn=collate,
                 pin_memory=torch.cuda.is_available(),
                 worker_init_fn=worker_init,
                 **loader_workers(self.recipe.data),
@@ -299,6 +321,8 @@ class Engine:
         return float(mean.item())
 
     def _forward(self, batch: dict, with_labels: bool = True):
+        if self.decode_device is not None:
+            decode_on_device(batch, self.decode_device)
         inputs = self.adapter.model_inputs(batch, with_labels=with_labels)
         if self.recipe.train.channels_last and inputs["pixel_values"].dim() == 4:
             inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)

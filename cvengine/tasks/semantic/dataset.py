@@ -153,7 +153,7 @@ def _check_mask_header(image_path: str, mask_path: str) -> None:
 
 
 class SemanticDataset(SampleDataset):
-    """Samples with `semantic_map` (H, W) int64 at the resized size; augmentation moves the map with
+    """Samples with `semantic_map` (H, W) uint8 at the resized size; augmentation moves the map with
     the image (Albumentations' `mask`), resizing uses NEAREST for the map."""
 
     def __getitem__(self, i: int) -> Sample:
@@ -177,5 +177,5 @@ class SemanticDataset(SampleDataset):
             boxes_xyxy_abs=np.zeros((0, 4), np.float32),
             labels=np.zeros((0,), np.int64),
             file_name=self.index.file_names[i],
-            semantic_map=semantic.astype(np.int64),
+            semantic_map=semantic,
         )
