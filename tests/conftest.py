@@ -19,6 +19,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from cvengine.engine.hooks import Callback  # noqa: E402
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +114,39 @@ def run_module(module: str, *args: str, cwd: Path | str | None = None, timeout: 
     """`python -m <module> args…` in a subprocess, as a user would run it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+class StopAfterEpoch(Callback):
+    """A hook that stops training at the end of epoch `epoch`, as an interruption would."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_epoch_end(self, engine, state):
+        if state.epoch == self.epoch:
+            state.should_stop = True
+
+
+def fit_interrupted_and_resumed(make_recipe, callbacks=()):
+    """make_recipe(run_name, **train) -> Recipe. Trains run "full" uninterrupted, then run "part"
+    stopped after epoch 1 and resumed with train.resume=last; returns the resumed run's final state.
+    `callbacks` (a fresh list per call of it) are given to every engine."""
+    from cvengine.engine.loop import Engine
+
+    Engine(make_recipe("full"), callbacks=list(callbacks), tracker=None, progress=False).fit()
+    stopped = Engine(make_recipe("part"), callbacks=[*callbacks, StopAfterEpoch(1)], tracker=None, progress=False).fit()
+    assert stopped.epoch == 1
+    return Engine(make_recipe("part", resume="last"), callbacks=list(callbacks), tracker=None, progress=False).fit()
+
+
+def assert_same_tensors(file_a: Path, file_b: Path) -> None:
+    """Two safetensors files hold the same keys and bitwise equal tensors."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(file_a)), load_file(str(file_b))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), (file_a.name, key)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_same_tensors, fit_interrupted_and_resumed
 from cvengine.engine.hooks import EMA, Callback
 from cvengine.engine.loop import Engine
 from cvengine.recipe import load_recipe
@@ -100,24 +101,12 @@ def test_evaluation_and_export_use_the_average(ema_run):
     assert engine.evaluate("val")["val/loss"] == pytest.approx(averaged_loss, abs=1e-6)
 
 
-class StopAfterEpoch(Callback):
-    def on_epoch_end(self, engine, state):
-        if state.epoch == 1:
-            state.should_stop = True
-
-
 def test_resume_with_ema_equals_uninterrupted(tiny_model, demo_classification, tmp_path):
     model = tiny_model("classification", "resnet")
-    Engine(_recipe(demo_classification, model, tmp_path, "full"), tracker=None, progress=False).fit()
-    Engine(_recipe(demo_classification, model, tmp_path, "part"), callbacks=[StopAfterEpoch()], tracker=None, progress=False).fit()
-    state = Engine(_recipe(demo_classification, model, tmp_path, "part", resume="last"), tracker=None, progress=False).fit()
+    state = fit_interrupted_and_resumed(lambda run_name, **train: _recipe(demo_classification, model, tmp_path, run_name, **train))
     assert state.global_step == 8
     for name in ("model.safetensors", "callbacks/EMA.safetensors"):
-        full = load_file(str(tmp_path / "tests/full/checkpoints/last" / name))
-        part = load_file(str(tmp_path / "tests/part/checkpoints/last" / name))
-        assert full.keys() == part.keys()
-        for key in full:
-            assert torch.equal(full[key], part[key]), (name, key)
+        assert_same_tensors(tmp_path / "tests/full/checkpoints/last" / name, tmp_path / "tests/part/checkpoints/last" / name)
     assert torch.equal(load_file(str(tmp_path / "tests/full/model/model.safetensors"))["classifier.1.weight"], load_file(str(tmp_path / "tests/part/model/model.safetensors"))["classifier.1.weight"])
 
 

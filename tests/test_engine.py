@@ -12,7 +12,7 @@ import tomli_w
 import torch
 from safetensors.torch import load_file
 
-from conftest import detection_recipe, run_module
+from conftest import StopAfterEpoch, detection_recipe, run_module
 from cvengine import Engine, load_recipe
 from cvengine.engine.hooks import Callback
 from cvengine.errors import RecipeError
@@ -94,15 +94,6 @@ def test_evaluate_cli_reproduces_training_metrics_and_writes_coco_results(overfi
     result = run_module("cvengine.metrics", "--annotations", root / "data" / "train" / "annotations.json", "--predictions", run_dir / "predictions.json", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["map_50"] == pytest.approx(evaluated["best"]["val/map_50"], abs=1e-3)
-
-
-class StopAfterEpoch(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, engine, state):
-        if state.epoch == self.epoch:
-            state.should_stop = True
 
 
 # The speed switches: persistent workers keep the epoch's augmentation, channels-last weights save and load.

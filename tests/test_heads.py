@@ -33,6 +33,24 @@ def test_every_family_names_a_backbone_and_it_learns_at_the_backbone_rate(family
     assert all(lr_of[id(params[n])] == pytest.approx(1e-3) for n in every - names)
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.model_type != "timm_wrapper"], ids=_family_id)
+def test_every_family_is_written_by_the_checkpoint_writer(family, tiny_model, tmp_path):
+    """Once its adapter is built, the model saves to model.safetensors as checkpoints do (safetensors
+    refuses parameters that share storage in part) and loads back equal."""
+    from safetensors.torch import load_model as load_weights
+    from safetensors.torch import save_model
+
+    loaded = load_model(tiny_model(family.task, family.model_type), True, family.task, [str(i) for i in range(10)])
+    family.adapter(loaded.model, loaded.processor)
+    save_model(loaded.model, str(tmp_path / "model.safetensors"))
+    expected = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.zero_()
+    load_weights(loaded.model, str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.model.state_dict().items())
+
+
 def test_backbone_lr_mult_without_a_backbone_is_an_error():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     with pytest.raises(RecipeError, match="train.backbone_lr_mult"):

@@ -42,3 +42,31 @@ def test_yolos_onnx_parity_and_predict(tiny_model, demo_detection, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     records = json.loads((pred_dir / "predictions.json").read_text())
     assert len(records) == sum(len(p["scores"]) for p in onnx_predictions)
+
+
+# Classifier families served by the generic adapter, one whose exported graph keeps the image size
+# dynamic and one whose graph fixes it (the README lists the others, measured the same way).
+CLASSIFIERS = [("data2vec-vision", True), ("dinov2_with_registers", False)]
+
+
+@pytest.mark.parametrize("family, dynamic_size", CLASSIFIERS, ids=[c[0] for c in CLASSIFIERS])
+def test_classifier_onnx_matches_pytorch(family, dynamic_size, tiny_model, tmp_path):
+    """The export of a newer classifier family answers like the PyTorch model on a batch it did not
+    see at export time (another batch size), within 1e-4."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from cvengine.serving.onnx import export_onnx
+
+    model_dir = tiny_model("classification", family)
+    summary = export_onnx(model_dir, tmp_path / "onnx")
+    assert summary["dynamic_batch"] is True and summary["dynamic_size"] is dynamic_size
+    height, width = summary["export_size"]
+    pixels = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+    with torch.no_grad():
+        expected = AutoModelForImageClassification.from_pretrained(model_dir).eval()(pixel_values=pixels).logits.numpy()
+    print(f"{family}: max abs diff {np.abs(got - expected).max():.2g}")
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cvengine.engine.hooks import Callback
 from cvengine.engine.optim import build_scheduler
 from cvengine.errors import RecipeError
 from cvengine.recipe import load_recipe
@@ -95,3 +96,47 @@ def test_step_schedule_with_warmup_ramps_then_decays():
 def test_bad_scheduler_keys_name_the_key(scheduler, message):
     with pytest.raises(RecipeError, match=message):
         _train(scheduler=scheduler)
+
+
+class LrRecorder(Callback):
+    """The learning rate after every optimizer step (the scheduler has stepped: the next step's lr)."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, engine, state):
+        self.lrs.append(engine.optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(
+    "scheduler, decay_steps",
+    [({"name": "step", "step_size": 1, "gamma": 0.5}, [4, 8, 12]), ({"name": "multistep", "milestones": [2], "gamma": 0.1}, [8])],
+    ids=["step", "multistep"],
+)
+def test_resume_with_an_epoch_schedule_equals_uninterrupted(scheduler, decay_steps, tiny_model, demo_classification, tmp_path):
+    """Stopped after epoch 1 and resumed with train.resume=last: the same learning rate at every later
+    step and bitwise the same weights as the uninterrupted run (a scheduler rebuilt from step 0 on
+    resume would restart the decays)."""
+    from conftest import assert_same_tensors, fit_interrupted_and_resumed
+
+    model = tiny_model("classification", "resnet")
+    split = {"images": "train/images", "annotations": "train/annotations.json"}
+
+    def recipe(run_name, **train):
+        return load_recipe({
+            "task": "classification",
+            "model": {"name": model, "pretrained": True},
+            "data": {"root": str(demo_classification), "batch_size": 4, "num_workers": 0, "train": split, "val": {"images": "val/images", "annotations": "val/annotations.json"}},
+            "augment": {"enabled": False},
+            "train": {"max_epochs": 3, "lr": 3e-3, "output_dir": str(tmp_path), "scheduler": scheduler, **train},
+            "tracking": {"experiment": "tests", "run_name": run_name},
+        })
+
+    recorder = LrRecorder()
+    state = fit_interrupted_and_resumed(recipe, callbacks=[recorder])
+    assert state.epoch == 3 and state.global_step == 12  # 16 images, batch 4: 4 steps per epoch
+    # Recorded: the full run's 12 steps, the stopped run's 4, the resumed run's last 8.
+    full, stopped, resumed = recorder.lrs[:12], recorder.lrs[12:16], recorder.lrs[16:]
+    assert full == pytest.approx([3e-3 * scheduler["gamma"] ** sum(step >= d for d in decay_steps) for step in range(1, 13)], rel=1e-12)
+    assert stopped == full[:4] and resumed == full[4:]
+    assert_same_tensors(tmp_path / "tests/full/checkpoints/last/model.safetensors", tmp_path / "tests/part/checkpoints/last/model.safetensors")

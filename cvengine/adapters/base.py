@@ -24,6 +24,18 @@ class Family:
     tiny: Callable[[], tuple]
 
 
+def own_storage(model) -> None:
+    """transformers loads some fused projections as views of one tensor (LW-DETR's and RF-DETR's
+    decoder q/k/v, Sapiens2's MLP gate/up); safetensors refuses to write tensors that share storage
+    only in part (the checkpoint's model.safetensors). Each such parameter gets its own storage,
+    same values."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.untyped_storage().nbytes() != param.numel() * param.element_size():
+                    setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+
+
 class Adapter:
     """Base adapter. Subclasses set `task` and `auto_model` (the transformers Auto class that loads the
     family for the task) and implement collate / postprocess; model_inputs and loss fit the families

@@ -21,6 +21,47 @@ log = logging.getLogger("cvengine")
 TRAINABLE_HEAD = {"deit": "DeiTForImageClassification", "levit": "LevitForImageClassification"}
 
 
+# Random-init weights drawn as the family's reference code draws them, where transformers'
+# _init_weights draws N(0, init_std = 0.02) for every Linear and Embedding. DETR (`models/detr.py`,
+# `models/transformer.py`; Table Transformer runs DETR's code): the object-query embeddings N(0, 1)
+# (`nn.Embedding(num_queries, hidden_dim)`, never re-initialised) and every matrix of the transformer
+# xavier-uniform (`Transformer._reset_parameters`). The decoder's queries start at zero and differ
+# only through those embeddings and the attention they steer: with transformers' draws, every query
+# slot of a random-init model predicts the same thing (spread across slots ~1e-5 of the spread
+# across classes), training tells the slots apart only through dropout noise, and evaluation,
+# without dropout, collapses them again into one repeated prediction.
+# model_type -> (query embedding attribute, names of the transformer's modules)
+REFERENCE_INIT = {
+    "detr": ("query_position_embeddings", ("model.encoder", "model.decoder")),
+    "table-transformer": ("query_position_embeddings", ("model.encoder", "model.decoder")),
+}
+
+
+def init_as_reference(model, new_keys=None) -> list[str]:
+    """Draw the weights of `model` that its family's reference code draws otherwise than transformers
+    (REFERENCE_INIT), those among `new_keys` (parameter names the checkpoint did not provide; None:
+    a random-init model). Returns the parameter names drawn."""
+    import torch
+
+    if model.config.model_type not in REFERENCE_INIT:
+        return []
+    queries, transformer = REFERENCE_INIT[model.config.model_type]
+    drawn = []
+    for module_name, module in model.named_modules():
+        is_queries = module_name.rsplit(".", 1)[-1] == queries and isinstance(module, torch.nn.Embedding)
+        in_transformer = any(module_name == t or module_name.endswith("." + t) for t in transformer)
+        if not (is_queries or in_transformer):
+            continue
+        for name, parameter in module.named_parameters():
+            key = f"{module_name}.{name}"
+            if parameter.dim() < 2 or (new_keys is not None and key not in new_keys):
+                continue
+            with torch.no_grad():
+                torch.nn.init.normal_(parameter) if is_queries else torch.nn.init.xavier_uniform_(parameter)
+            drawn.append(key)
+    return drawn
+
+
 class LoadedModel(NamedTuple):
     model: object
     processor: object
@@ -180,6 +221,7 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
         except Exception as err:  # no weights file, a truncated one (SafetensorError), a torn download
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise RecipeError(f"model.name '{name}': its weights could not be loaded ({first}); give a complete checkpoint, or set model.pretrained = false to train from random weights") from None
+        init_as_reference(model, set(info.get("missing_keys") or []))
         mismatched = list(info.get("mismatched_keys") or [])
         if mismatched:
             rows = checkpoint_label_rows(config, class_names)
@@ -204,6 +246,7 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
         for key, value in overrides.items():
             setattr(config, key, value)
         model = auto.from_config(config)
+        init_as_reference(model)
     try:
         processor = AutoImageProcessor.from_pretrained(name)
     except (OSError, ValueError) as err:

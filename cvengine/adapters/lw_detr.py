@@ -14,21 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from cvengine.adapters.base import Family
+from cvengine.adapters.base import Family, own_storage
 from cvengine.adapters.detr import DetrFamilyAdapter
 from cvengine.adapters.detr_segmentation import DetrMaskTargets
 from cvengine.adapters.mask_classification import InstanceSegmentationAdapter
-
-
-def own_storage(model) -> None:
-    """transformers loads the decoder's self-attention q/k/v projections of these checkpoints as views
-    of one fused tensor; safetensors refuses to write tensors that share storage only in part (the
-    checkpoint's model.safetensors). Each parameter gets its own storage, same values."""
-    with torch.no_grad():
-        for module in model.modules():
-            for name, param in list(module.named_parameters(recurse=False)):
-                if param.untyped_storage().nbytes() != param.numel() * param.element_size():
-                    setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
 
 
 class LwDetrAdapter(DetrFamilyAdapter):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from cvengine.adapters.base import Family
+from cvengine.adapters.base import Family, own_storage
 from cvengine.adapters.semantic import SEMANTIC_SIDE, SemanticSegmentationAdapter
 
 _SIDE = SEMANTIC_SIDE
@@ -16,6 +16,10 @@ class SegmenterAdapter(SemanticSegmentationAdapter):
     # Without a gradient in training: data2vec-vision's last encoder layer (the head reads earlier
     # ones), MobileNetV2's final 1x1 convolution (DeepLabV3 reads an earlier stage).
     unused_parameter_families = SemanticSegmentationAdapter.unused_parameter_families | {"data2vec-vision", "mobilenet_v2"}
+
+    def __init__(self, model, processor, image_size: int | None = None):
+        super().__init__(model, processor, image_size)
+        own_storage(model)  # Sapiens2's MLP gate and up projections are loaded as views of one tensor
 
 
 def tiny_segmenter(family: str):

@@ -27,7 +27,10 @@ def create_tiny(task: str, family: str, out_dir: str | Path, num_labels: int = 1
     torch.manual_seed(0)
     import transformers
 
+    from cvengine.adapters.loading import init_as_reference
+
     model = getattr(transformers, entry.adapter.auto_model).from_config(config)
+    init_as_reference(model)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -1,0 +1,53 @@
+"""Random-init DETR models are drawn as DETR's reference code draws them (object queries N(0, 1), the
+transformer's matrices xavier-uniform; transformers draws N(0, 0.02)): their query slots then predict
+different things, in evaluation mode too, where no dropout noise tells them apart."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cvengine.adapters import load_model
+
+CASES = [("detection", "detr"), ("detection", "table-transformer"), ("instance_segmentation", "detr"), ("panoptic_segmentation", "detr")]
+NAMES = [str(i) for i in range(10)]
+
+
+def _slot_spread(model) -> float:
+    """Spread of the class logits (B, Q, C) across the Q query slots over their spread across the C
+    classes, in evaluation mode on two random images: ~1e-5 when every slot predicts the same thing."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))).logits
+    return (logits.std(1).mean() / logits.std(2).mean()).item()
+
+
+@pytest.mark.parametrize("task, family", CASES, ids=[f"{t}-{f}" for t, f in CASES])
+@pytest.mark.parametrize("pretrained", [True, False], ids=["tiny-checkpoint", "random-init"])
+def test_query_slots_of_a_random_init_model_differ(task, family, pretrained, tiny_model):
+    model = load_model(tiny_model(task, family), pretrained, task, NAMES).model
+    queries = next(p for name, p in model.named_parameters() if name.endswith("query_position_embeddings.weight"))
+    assert 0.8 < queries.std().item() < 1.2
+    spread = _slot_spread(model)
+    print(f"{task} {family}: spread across slots / across classes = {spread:.4f}")
+    assert spread > 1e-3  # ~3e-5 with transformers' draws
+
+
+def test_weights_missing_from_a_checkpoint_are_drawn_as_reference_and_the_rest_is_kept(tiny_model, tmp_path):
+    folder = tmp_path / "without-queries"
+    shutil.copytree(tiny_model("instance_segmentation", "detr"), folder)
+    state = load_file(folder / "model.safetensors")
+    missing = {k for k in state if "query_position_embeddings" in k or ".decoder.layers.0.encoder_attn.q_proj.weight" in k}
+    assert len(missing) == 2
+    for key in missing:
+        state[key] = torch.zeros_like(state[key])  # not loaded: any value would do
+    save_file({k: v for k, v in state.items() if k not in missing}, folder / "model.safetensors", metadata={"format": "pt"})
+
+    loaded = dict(load_model(str(folder), True, "instance_segmentation", NAMES).model.named_parameters())
+    queries, projection = sorted(missing, key=lambda k: "query_position" not in k)
+    assert 0.8 < loaded[queries].std().item() < 1.2
+    bound = (6 / sum(loaded[projection].shape)) ** 0.5  # xavier-uniform: U(-bound, bound), std bound / sqrt(3)
+    assert loaded[projection].abs().max().item() <= bound and loaded[projection].std().item() > 0.8 * bound / 3**0.5
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k not in missing and k in loaded)
