@@ -111,3 +111,17 @@ def test_evaluate_a_hub_detector_with_a_recipe(tiny_model, demo_detection, tmp_p
     coco_eval = COCOeval(gt, gt.loadRes([{k: p[k] for k in ("image_id", "category_id", "bbox", "score")} for p in predictions]), "bbox")
     coco_eval.evaluate(), coco_eval.accumulate(), coco_eval.summarize()
     assert scores["val/map"] == pytest.approx(coco_eval.stats[0], abs=1e-6)
+
+
+def test_a_folder_without_class_names_is_one_line(tiny_model, demo_detection, tmp_path):
+    """config.json with id2label = null (as some exporters write it): transformers would assume two
+    labels and fail on the head's size with a traceback; the CLI names the file and what to add."""
+    folder = _hub_folder(tiny_model("classification", "vit"), tmp_path / "hub", DIGITS)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"], config["label2id"] = None, None
+    (folder / "config.json").write_text(json.dumps(config))
+    image = sorted((demo_detection / "val" / "images").glob("*.jpg"))[0]
+    result = run_module("cvengine.predict", "--model", folder, str(image), "--output", tmp_path / "out", "--no-render")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {folder / 'config.json'} has no id2label: the model's class names are unknown; add id2label (label id -> name) to it, or use the model/ folder a cvengine run wrote"]
+    assert not (tmp_path / "out" / "predictions.json").exists()

@@ -55,6 +55,10 @@ def read_metadata(model_dir: Path, config) -> dict:
     if task is None:
         architectures = " ".join(getattr(config, "architectures", None) or [])
         raise CvengineError(f"{model_dir}: no {METADATA_FILE}; cannot tell the task of a '{architectures or config.model_type}' model. Use the model/ folder a cvengine run wrote")
+    written = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    if not written.get("id2label"):
+        # transformers then assumes two labels, and loading a head of any other size fails.
+        raise CvengineError(f"{model_dir / 'config.json'} has no id2label: the model's class names are unknown; add id2label (label id -> name) to it, or use the model/ folder a cvengine run wrote")
     names = [config.id2label[i] for i in sorted(config.id2label)]
     log.warning(f"{model_dir}: no {METADATA_FILE}; {task} model, category ids are taken to equal the model's label ids")
     return {"task": task, "model_family": config.model_type, "class_names": names, "label_to_category_id": list(range(len(names))), "categories": []}
