@@ -113,10 +113,6 @@ class Engine:
         self.adapter = adapter_class(recipe.task, self.model_family)(model, self.processor, recipe.data.image_size)
         self.decode_device = None
         self.decode_on(resolve_decode(recipe.data.decode, self.accelerator.device, self.adapter, recipe.augment.enabled))
-        if self.decode_device is None and self.accelerator.device.type == "cpu" and getattr(self.adapter, "resizes_on_device", False):
-            # On a CPU the "device" step would run in this process, one after the other with the
-            # training step; in the loader workers the resize runs beside it.
-            self.adapter.resize.defer_above = None
         use_unused_parameter_search(self.accelerator, self.adapter.has_unused_parameters(model))
         if recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -158,13 +154,18 @@ class Engine:
     def decode_on(self, device: torch.device | None) -> None:
         """Decode the loaders' JPEGs on `device` after the loader workers (None: in the workers, with
         PIL), as data.decode resolved it; before the first loader is built. Needs an adapter that
-        resizes on the device and no augmentation (see cvengine.data.decode)."""
+        resizes on the device and no augmentation (see cvengine.data.decode). Also decides where the
+        adapter's resizes run: on the device after a device decode, in the workers on a CPU."""
         if getattr(self, "_loaders", None):
             raise RuntimeError("decode_on: the loaders are already built")
         self.decode_device = device
         if device is not None:
             # Every resize waits for the pixels, decoded on the device.
             self.adapter.resize.defer_above = 0.0
+        elif self.accelerator.device.type == "cpu" and getattr(self.adapter, "resizes_on_device", False):
+            # On a CPU the "device" step would run in this process, one after the other with the
+            # training step; in the loader workers the resize runs beside it.
+            self.adapter.resize.defer_above = None
 
     # ------------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool):
