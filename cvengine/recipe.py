@@ -70,6 +70,10 @@ class ModelSection:
     # classification: every category present in an image is a target (sigmoid + binary cross-entropy)
     # instead of exactly one class per image (softmax + cross-entropy).
     multi_label: bool = False
+    # Attributes of the model's config.json set before the model is built, e.g. {num_queries = 50} or
+    # DETR's {mask_loss_coefficient = 0, dice_loss_coefficient = 0}; each must be an attribute the
+    # config has. The classes (num_labels, id2label, label2id) come from the data set.
+    config: dict = attrs.Factory(dict)
 
 
 @attrs.define
@@ -171,6 +175,9 @@ class TrainSection:
     weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
     # Backbone parameters (as the model family's adapter names them) learn at lr × this; empty: at lr.
     backbone_lr_mult: Optional[float] = attrs.field(default=None, validator=_non_negative)
+    # Parameter-name prefixes (e.g. ["detr."]) whose parameters are not trained: requires_grad off
+    # before the optimizer is built. Each prefix must match at least one parameter.
+    freeze: list = attrs.Factory(list)
     warmup_ratio: float = attrs.field(default=0.0, validator=_non_negative)
     scheduler: SchedulerSection = attrs.Factory(SchedulerSection)
     # Evaluate, checkpoint as best and export an exponential moving average of the weights; empty: off.
@@ -492,7 +499,8 @@ def load_recipe(source: str | os.PathLike | dict, overrides: list[str] | tuple =
                 raise RecipeError(f"override '{text}': '{k}' is not a section")
         node[keys[-1]] = value
         dotted = ".".join(keys)
-        if dotted not in _known_keys(Recipe) and not dotted.startswith("augment.transforms"):
+        # Free-form tables take any key below them: transforms by position, model.config by attribute.
+        if dotted not in _known_keys(Recipe) and not dotted.startswith(("augment.transforms", "model.config.")):
             close = difflib.get_close_matches(dotted, _known_keys(Recipe), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise RecipeError(f"unknown key '{dotted}' in override '{text}'{hint}")

@@ -184,19 +184,50 @@ def _same_size_head(model, auto, config, name: str, class_names: list[str]) -> l
     return sorted(heads)
 
 
-def load_model(name: str, pretrained: bool, task: str, class_names: list[str], multi_label: bool = False) -> LoadedModel:
+# Set from the data set's categories: a model.config value for them would contradict the data.
+_CLASS_KEYS = ("num_labels", "id2label", "label2id")
+
+
+def config_overrides(config, name: str, settings: dict) -> dict:
+    """model.config checked against the config it changes: every key an attribute of that config
+    (a typo would otherwise be stored as a new attribute and change nothing)."""
+    import copy
+    import difflib
+
+    known = set(config.to_dict())
+    for key in settings:
+        if key in _CLASS_KEYS:
+            raise RecipeError(f"model.config.{key}: the classes come from the data set's categories; remove the key")
+        if key not in known and not hasattr(config, key):
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"model.config.{key}: model '{name}' ({config.model_type}) has no config attribute '{key}'{hint}")
+    # transformers' typed configs check each value on assignment (e.g. DETR's mask_loss_coefficient is an int).
+    trial = copy.deepcopy(config)
+    for key, value in settings.items():
+        try:
+            setattr(trial, key, value)
+        except Exception as err:  # huggingface_hub's StrictDataclassFieldValidationError, TypeError, ValueError
+            reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+            raise RecipeError(f"model.config.{key} = {value!r} is refused by {type(config).__name__}: {reason}") from None
+    return dict(settings)
+
+
+def load_model(name: str, pretrained: bool, task: str, class_names: list[str], multi_label: bool = False, config: dict | None = None) -> LoadedModel:
     """(model, processor, config.model_type, re-initialised head tensors) for `name` (hub id or local
     folder) with a head of len(class_names) classes, id2label set to the dataset's class names.
-    multi_label (classification only): sigmoid + binary cross-entropy over independent classes."""
+    multi_label (classification only): sigmoid + binary cross-entropy over independent classes.
+    config: attributes of the model's config set before it is built (model.config)."""
     from transformers import AutoImageProcessor
 
     from cvengine.adapters import auto_model_class, get_family
 
+    settings = config or {}
     config = load_config(name)
     get_family(task, config.model_type, name)
     id2label = {i: n for i, n in enumerate(class_names)}
     label2id = {n: i for i, n in id2label.items()}
-    overrides = {"num_labels": len(class_names), "id2label": id2label, "label2id": label2id}
+    overrides = {**config_overrides(config, name, settings), "num_labels": len(class_names), "id2label": id2label, "label2id": label2id}
     if multi_label:
         if task != "classification":
             raise RecipeError(f"model.multi_label = true applies to classification only, not {task}")

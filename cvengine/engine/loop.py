@@ -27,7 +27,7 @@ from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
 from cvengine.engine.devices import build_accelerator, size_host_threads, use_unused_parameter_search, worker_init
 from cvengine.engine.hooks import EMA, EarlyStopping, LearningRateMonitor, Progress, Timer, TrainState
-from cvengine.engine.optim import build_optimizer, build_scheduler
+from cvengine.engine.optim import build_optimizer, build_scheduler, freeze_parameters
 from cvengine.engine.tracking import MLflowHook, check_tracking_uri
 from cvengine.errors import RecipeError, TrainingDiverged
 from cvengine.recipe import Recipe, dump_recipe
@@ -106,7 +106,8 @@ class Engine:
         self.label_map = reference.label_map
         self.class_names = self.label_map.names
 
-        model, self.processor, self.model_family, reinitialised = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names, multi_label=recipe.model.multi_label)
+        model, self.processor, self.model_family, reinitialised = load_model(recipe.model.name, recipe.model.pretrained, recipe.task, self.class_names, multi_label=recipe.model.multi_label, config=recipe.model.config)
+        freeze_parameters(model, recipe.train.freeze, recipe.model.name)
         # A head just initialised at random predicts nothing meaningful: evaluate() refuses it until
         # it has been trained or weights are loaded.
         self.untrained_head = list(reinitialised)

@@ -6,6 +6,28 @@ import torch
 from cvengine.errors import RecipeError
 
 
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str], model_name: str = "") -> int:
+    """train.freeze: requires_grad off for every parameter whose name starts with one of `prefixes`,
+    before the optimizer and DDP see the model. A prefix that matches nothing, or a freeze that leaves
+    nothing to train, is an error (a misspelt prefix would otherwise train everything). Returns the
+    number of frozen parameters."""
+    if not prefixes:
+        return 0
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not any(name.startswith(prefix) for name in names):
+            tops = sorted({name.split(".", 1)[0] + "." for name in names})
+            raise RecipeError(f"train.freeze: {prefix!r} matches no parameter of model '{model_name}'; its parameter names start with {', '.join(tops)}")
+    frozen = 0
+    for name, param in model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            param.requires_grad_(False)
+            frozen += 1
+    if frozen == len(names):
+        raise RecipeError(f"train.freeze = {prefixes} freezes every parameter of model '{model_name}'; leave some to train")
+    return frozen
+
+
 def parameter_groups(model: torch.nn.Module, train, backbone_names: set[str]) -> list[dict]:
     """AdamW groups: backbone parameters (`backbone_names`, the adapter's) at lr × backbone_lr_mult,
     the rest at lr; no weight decay on biases and norms (parameters of one dimension)."""
