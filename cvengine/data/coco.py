@@ -33,7 +33,43 @@ def gc_paused():
             gc.enable()
 
 
+# Documents parsed by the validator, by (path, size, mtime): inside `parsed_once()` the next
+# read_json of the same unchanged file takes the document instead of parsing it again (~1 s per
+# 58 MB of COCO json; ~8 s at COCO train2017 size). None outside: nothing is held after start-up.
+_handed_over: dict | None = None
+
+
+def _file_key(path) -> tuple:
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def parsed_once():
+    """Training start-up: each annotations file the validator parses is parsed once, not twice."""
+    global _handed_over
+    previous, _handed_over = _handed_over, {}
+    try:
+        yield
+    finally:
+        _handed_over = previous
+
+
+def hand_over(path: str | os.PathLike, document) -> None:
+    """Inside `parsed_once()`: give `document`, parsed from `path`, to the next read_json(path)."""
+    if _handed_over is not None:
+        _handed_over[_file_key(path)] = document
+
+
 def read_json(path: str | os.PathLike) -> Any:
+    if _handed_over:
+        try:
+            # Taken, not shared: the reader may change its document.
+            document = _handed_over.pop(_file_key(path), None)
+        except OSError:
+            document = None
+        if document is not None:
+            return document
     try:
         # Text mode: the raw bytes are freed once decoded, so the file is not held twice while parsing.
         with open(path, encoding="utf-8-sig") as fh, gc_paused():

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from cvengine.data.coco import MIN_BOX_SIDE
+from cvengine.data.coco import MIN_BOX_SIDE, hand_over
 from cvengine.data.images import IMAGE_EXTENSIONS, check_pixels, read_image
 from cvengine.errors import DataError, RecipeError
 
@@ -282,7 +282,9 @@ def _load(annotations_path: str, out: _Collector):
         raise DataError(f"cannot read annotations file {annotations_path}: {err.strerror or err}") from None
     try:
         # utf-8-sig: a byte-order mark is accepted, as the training parser accepts it.
-        return json.loads(raw.decode("utf-8-sig"))
+        document = json.loads(raw.decode("utf-8-sig"))
+        hand_over(annotations_path, document)
+        return document
     except UnicodeDecodeError as err:
         out.error("invalid JSON", f"not valid JSON: not UTF-8 text ({err.reason} at byte {err.start})")
     except json.JSONDecodeError as err:

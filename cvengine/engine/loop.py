@@ -22,6 +22,7 @@ import torch
 from cvengine.adapters import adapter_class, load_model
 from cvengine.cli import raise_if_terminated
 from cvengine.data.decode import EncodedCollate, decode_on_device, resolve_decode
+from cvengine.data.coco import parsed_once
 from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
@@ -87,9 +88,11 @@ class Engine:
         splits = [split for split in ("train", "val", "test") if getattr(recipe.data, split) is not None]
         if not splits:
             raise RecipeError("[data] names no split: give [data.train] and [data.val] (images and annotations)")
-        with max_image_pixels(recipe.data.max_image_pixels):
-            reports = {split: self.task.validate_split(recipe, split) for split in splits}
-        self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
+        # Each annotations file parsed once: the validator hands its document to the index.
+        with parsed_once():
+            with max_image_pixels(recipe.data.max_image_pixels):
+                reports = {split: self.task.validate_split(recipe, split) for split in splits}
+            self.indexes = {split: self.task.load_index(recipe, split) for split in splits}
         for split, index in self.indexes.items():
             if len(index) == 0:
                 where = getattr(index, "annotations_path", None) or getattr(recipe.data, split).images
