@@ -7,6 +7,7 @@ import json
 
 import pytest
 import tomli_w
+import torch
 
 from conftest import run_module
 
@@ -72,3 +73,46 @@ def test_family_overfits_through_run_cli(task, family, steps, lr, metric, thresh
     best = json.loads((tmp_path / "runs" / "tests" / "overfit" / "metrics.json").read_text())["best"]
     print(f"{task} {family}: best {metric} = {best[metric]:.3f}")
     assert best[metric] >= threshold, best
+
+
+def test_detr_panoptic_trains_in_two_stages_through_run_cli(demo_data, tiny_model, tmp_path):
+    """DETR's panoptic model from random weights, as DETR's paper trains it: the detector on boxes
+    and classes alone (model.config turns the mask losses off), then the mask head on that detector
+    with its backbone and transformer frozen (train.freeze), each a `python -m cvengine.run`. Trained
+    jointly from random weights it stays at PQ 0.0: the mask head gives every query the same mask
+    while the detector's attention maps are still flat. Measured here: PQ 0.052 after the first
+    stage (the stuff segment alone), 0.451 after the second (things 0.416); freezing all of "detr."
+    (the class and box heads too) reached 0.18 after 600 + 600 steps."""
+    from safetensors.torch import load_file
+
+    root = demo_data("panoptic_segmentation")
+    split = {"images": "train/images", "annotations": "train/panoptic.json"}
+
+    def run(name: str, model: str, steps: int, model_config: dict, freeze: list) -> dict:
+        recipe = {
+            "task": "panoptic_segmentation",
+            "model": {"name": model, "config": model_config},
+            "data": {"root": str(root), "batch_size": 8, "num_workers": 0, "train": split, "val": split},
+            "augment": {"enabled": False},
+            "train": {"max_epochs": steps, "lr": 3e-3, "backbone_lr_mult": 1.0, "grad_clip": 1.0, "freeze": freeze, "scheduler": {"name": "constant"},
+                      "eval_every_epochs": steps // 2, "output_dir": str(tmp_path / "runs"), "log_every_steps": 100},
+            "tracking": {"experiment": "tests", "run_name": name},
+        }
+        path = tmp_path / f"{name}.toml"
+        path.write_text(tomli_w.dumps(recipe))
+        result = run_module("cvengine.run", path, "--no-progress", cwd=tmp_path, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        best = json.loads((tmp_path / "runs" / "tests" / name / "metrics.json").read_text())["best"]
+        print(f"detr panoptic {name}: PQ {best['val/pq']:.3f}, things {best['val/pq_things']:.3f}, stuff {best['val/pq_stuff']:.3f}")
+        return best
+
+    boxes = run("boxes", tiny_model("panoptic_segmentation", "detr", 11), 600, {"mask_loss_coefficient": 0, "dice_loss_coefficient": 0}, [])
+    detector = tmp_path / "runs" / "tests" / "boxes" / "model"
+    # The exported config keeps the first stage's coefficients: the second stage sets them back.
+    masks = run("masks", str(detector), 300, {"mask_loss_coefficient": 1, "dice_loss_coefficient": 1}, ["detr.model."])
+    assert boxes["val/pq_things"] == 0.0  # no mask was trained yet
+    assert masks["val/pq"] >= 0.25 and masks["val/pq_things"] >= 0.2, masks
+    before, after = load_file(detector / "model.safetensors"), load_file(tmp_path / "runs" / "tests" / "masks" / "model" / "model.safetensors")
+    frozen = [key for key in before if key.startswith("detr.model.")]
+    assert frozen and all(torch.equal(before[key], after[key]) for key in frozen)
+    assert not torch.equal(before["mask_head.lay1.weight"], after["mask_head.lay1.weight"])
