@@ -23,17 +23,23 @@ TRAINABLE_HEAD = {"deit": "DeiTForImageClassification", "levit": "LevitForImageC
 
 # Random-init weights drawn as the family's reference code draws them, where transformers'
 # _init_weights draws N(0, init_std = 0.02) for every Linear and Embedding. DETR (`models/detr.py`,
-# `models/transformer.py`; Table Transformer runs DETR's code): the object-query embeddings N(0, 1)
-# (`nn.Embedding(num_queries, hidden_dim)`, never re-initialised) and every matrix of the transformer
-# xavier-uniform (`Transformer._reset_parameters`). The decoder's queries start at zero and differ
-# only through those embeddings and the attention they steer: with transformers' draws, every query
-# slot of a random-init model predicts the same thing (spread across slots ~1e-5 of the spread
-# across classes), training tells the slots apart only through dropout noise, and evaluation,
-# without dropout, collapses them again into one repeated prediction.
-# model_type -> (query embedding attribute, names of the transformer's modules)
+# `models/transformer.py`; Table Transformer runs DETR's code), Conditional DETR
+# (Atten4Vis/ConditionalDETR, same files) and DAB-DETR (IDEA-Research/DAB-DETR,
+# `models/DAB_DETR/`): the query embeddings N(0, 1) (`nn.Embedding`, never re-initialised; DAB-DETR's
+# 4-d anchor boxes included) and every matrix of the transformer xavier-uniform
+# (`Transformer._reset_parameters`). The decoder's queries start at zero and differ only through those
+# embeddings and the attention they steer: with transformers' draws, every query slot of a random-init
+# model predicts the same thing (spread across slots ~1e-5 of the spread across classes), training
+# tells the slots apart only through dropout noise, and evaluation, without dropout, collapses them
+# again into one repeated prediction.
+# model_type -> (query embedding attribute, names of the transformer's modules, modules inside them
+# that the reference attaches after its xavier pass: DAB-DETR's box head, shared with the decoder for
+# its anchor refinement, keeps transformers' draws with the last layer zero as in the reference)
 REFERENCE_INIT = {
-    "detr": ("query_position_embeddings", ("model.encoder", "model.decoder")),
-    "table-transformer": ("query_position_embeddings", ("model.encoder", "model.decoder")),
+    "detr": ("query_position_embeddings", ("model.encoder", "model.decoder"), ()),
+    "table-transformer": ("query_position_embeddings", ("model.encoder", "model.decoder"), ()),
+    "conditional_detr": ("query_position_embeddings", ("model.encoder", "model.decoder"), ()),
+    "dab-detr": ("query_refpoint_embeddings", ("model.encoder", "model.decoder"), ("model.decoder.bbox_embed",)),
 }
 
 
@@ -45,16 +51,21 @@ def init_as_reference(model, new_keys=None) -> list[str]:
 
     if model.config.model_type not in REFERENCE_INIT:
         return []
-    queries, transformer = REFERENCE_INIT[model.config.model_type]
+    queries, transformer, attached_later = REFERENCE_INIT[model.config.model_type]
+    # DAB-DETR's random_refpoints_xy: x, y of the anchors uniform in (0, 1) through inverse sigmoid,
+    # frozen; transformers draws those as the reference does.
+    keep_queries = bool(getattr(model.config, "random_refpoints_xy", False))
     drawn = []
     for module_name, module in model.named_modules():
         is_queries = module_name.rsplit(".", 1)[-1] == queries and isinstance(module, torch.nn.Embedding)
         in_transformer = any(module_name == t or module_name.endswith("." + t) for t in transformer)
-        if not (is_queries or in_transformer):
+        if not (is_queries or in_transformer) or (is_queries and keep_queries):
             continue
         for name, parameter in module.named_parameters():
             key = f"{module_name}.{name}"
             if parameter.dim() < 2 or (new_keys is not None and key not in new_keys):
+                continue
+            if any(f".{prefix}." in f".{key}" for prefix in attached_later):
                 continue
             with torch.no_grad():
                 torch.nn.init.normal_(parameter) if is_queries else torch.nn.init.xavier_uniform_(parameter)
