@@ -1,4 +1,5 @@
-"""Random-init DETR models are drawn as DETR's reference code draws them (object queries N(0, 1), the
+"""Random-init DETR-line models (DETR, Table Transformer, Conditional DETR, DAB-DETR, MaskFormer's
+DETR decoder) are drawn as their reference code draws them (object queries N(0, 1), the
 transformer's matrices xavier-uniform; transformers draws N(0, 0.02)): their query slots then predict
 different things, in evaluation mode too, where no dropout noise tells them apart."""
 from __future__ import annotations
@@ -13,7 +14,7 @@ from cvengine.adapters import load_model
 from cvengine.adapters.loading import REFERENCE_INIT
 
 CASES = [("detection", "detr"), ("detection", "table-transformer"), ("detection", "conditional_detr"), ("detection", "dab-detr"),
-         ("instance_segmentation", "detr"), ("panoptic_segmentation", "detr")]
+         ("instance_segmentation", "detr"), ("panoptic_segmentation", "detr"), ("instance_segmentation", "maskformer")]
 NAMES = [str(i) for i in range(10)]
 
 
@@ -22,7 +23,8 @@ def _slot_spread(model) -> float:
     classes, in evaluation mode on two random images: ~1e-5 when every slot predicts the same thing."""
     model.eval()
     with torch.no_grad():
-        logits = model(pixel_values=torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))).logits
+        outputs = model(pixel_values=torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)))
+    logits = outputs.class_queries_logits if hasattr(outputs, "class_queries_logits") else outputs.logits
     return (logits.std(1).mean() / logits.std(2).mean()).item()
 
 

@@ -24,8 +24,8 @@ TRAINABLE_HEAD = {"deit": "DeiTForImageClassification", "levit": "LevitForImageC
 # Random-init weights drawn as the family's reference code draws them, where transformers'
 # _init_weights draws N(0, init_std = 0.02) for every Linear and Embedding. DETR (`models/detr.py`,
 # `models/transformer.py`; Table Transformer runs DETR's code), Conditional DETR
-# (Atten4Vis/ConditionalDETR, same files) and DAB-DETR (IDEA-Research/DAB-DETR,
-# `models/DAB_DETR/`): the query embeddings N(0, 1) (`nn.Embedding`, never re-initialised; DAB-DETR's
+# (Atten4Vis/ConditionalDETR, same files), DAB-DETR (IDEA-Research/DAB-DETR, `models/DAB_DETR/`)
+# and MaskFormer (its DETR decoder): the query embeddings N(0, 1) (`nn.Embedding`, never re-initialised; DAB-DETR's
 # 4-d anchor boxes included) and every matrix of the transformer xavier-uniform
 # (`Transformer._reset_parameters`). The decoder's queries start at zero and differ only through those
 # embeddings and the attention they steer: with transformers' draws, every query slot of a random-init
@@ -40,6 +40,9 @@ REFERENCE_INIT = {
     "table-transformer": ("query_position_embeddings", ("model.encoder", "model.decoder"), ()),
     "conditional_detr": ("query_position_embeddings", ("model.encoder", "model.decoder"), ()),
     "dab-detr": ("query_refpoint_embeddings", ("model.encoder", "model.decoder"), ("model.decoder.bbox_embed",)),
+    # facebookresearch/MaskFormer `transformer_predictor.py`: `nn.Embedding` queries and DETR's
+    # Transformer (no encoder layers by default) with its xavier pass.
+    "maskformer": ("queries_embedder", ("model.transformer_module.decoder",), ()),
 }
 
 
