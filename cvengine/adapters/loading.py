@@ -25,9 +25,9 @@ TRAINABLE_HEAD = {"deit": "DeiTForImageClassification", "levit": "LevitForImageC
 # _init_weights draws N(0, init_std = 0.02) for every Linear and Embedding. DETR (`models/detr.py`,
 # `models/transformer.py`; Table Transformer runs DETR's code), Conditional DETR
 # (Atten4Vis/ConditionalDETR, same files), DAB-DETR (IDEA-Research/DAB-DETR, `models/DAB_DETR/`)
-# and MaskFormer (its DETR decoder): the query embeddings N(0, 1) (`nn.Embedding`, never re-initialised; DAB-DETR's
-# 4-d anchor boxes included) and every matrix of the transformer xavier-uniform
-# (`Transformer._reset_parameters`). The decoder's queries start at zero and differ only through those
+# and MaskFormer (its DETR decoder): the query embeddings N(0, 1) (`nn.Embedding`, never
+# re-initialised; DAB-DETR's 4-d anchor boxes included) and every matrix of the transformer
+# xavier-uniform (`Transformer._reset_parameters`). The decoder's queries start at zero and differ only through those
 # embeddings and the attention they steer: with transformers' draws, every query slot of a random-init
 # model predicts the same thing (spread across slots ~1e-5 of the spread across classes), training
 # tells the slots apart only through dropout noise, and evaluation, without dropout, collapses them

@@ -21,8 +21,8 @@ import torch
 
 from cvengine.adapters import adapter_class, load_model
 from cvengine.cli import raise_if_terminated
-from cvengine.data.decode import EncodedCollate, decode_on_device, resolve_decode
 from cvengine.data.coco import parsed_once
+from cvengine.data.decode import EncodedCollate, decode_on_device, resolve_decode
 from cvengine.data.images import max_image_pixels
 from cvengine.engine import checkpoint as run_folder
 from cvengine.engine.checkpoint import CheckpointHook, write_json, write_text
