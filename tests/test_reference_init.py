@@ -68,3 +68,36 @@ def test_dab_detr_box_head_keeps_the_references_zero_last_layer(tiny_model):
     matrix = model.model.decoder.layers[0].self_attn.self_attn_query_content_proj.weight
     bound = (6 / sum(matrix.shape)) ** 0.5
     assert matrix.abs().max().item() <= bound and matrix.std().item() > 0.8 * bound / 3**0.5
+
+
+@pytest.mark.parametrize("family, head", [("deformable_detr", "class_embed"), ("conditional_detr", "class_labels_classifier")])
+def test_focal_loss_class_heads_start_at_the_references_prior(family, head, tiny_model, tmp_path):
+    """Deformable DETR's and Conditional DETR's reference code start the class bias at
+    log(0.01 / 0.99) (transformers: 0): in a random-init model and in a head re-initialised for a data
+    set's classes; a checkpoint's head that knows the classes keeps its own bias."""
+    import json
+    import math
+
+    prior = -math.log(99)
+
+    def class_biases(model):
+        return {k: v for k, v in model.named_parameters() if k.startswith(head + ".") and k.endswith(".bias")}
+
+    random_init = class_biases(load_model(tiny_model("detection", family), False, "detection", NAMES).model)
+    assert random_init and all(torch.allclose(b, torch.full_like(b, prior)) for b in random_init.values())
+
+    folder = tmp_path / "trained-head"
+    shutil.copytree(tiny_model("detection", family), folder)
+    state = load_file(folder / "model.safetensors")
+    for key in [k for k in state if k.startswith(head + ".") and k.endswith(".bias")]:
+        state[key] = torch.linspace(-1, 1, state[key].numel())  # a head the checkpoint trained
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    kept = class_biases(load_model(str(folder), True, "detection", NAMES).model)
+    assert all(torch.equal(b.detach(), torch.linspace(-1, 1, b.numel())) for b in kept.values())
+
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): f"other-{i}" for i in range(10)}
+    config["label2id"] = {f"other-{i}": i for i in range(10)}
+    (folder / "config.json").write_text(json.dumps(config))
+    reinitialised = class_biases(load_model(str(folder), True, "detection", NAMES).model)
+    assert all(torch.allclose(b, torch.full_like(b, prior)) for b in reinitialised.values())

@@ -8,7 +8,9 @@ re-initialised for the data set's classes, and one line says which tensors were.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from typing import NamedTuple
 
 from cvengine.errors import RecipeError
@@ -46,19 +48,39 @@ REFERENCE_INIT = {
 }
 
 
+# Focal-loss detectors whose reference code starts the class head's bias at the prior
+# log(p / (1 - p)), p = 0.01 (every class unlikely on every query), where transformers leaves it at 0
+# (p = 0.5 for each of queries x classes, so that confident negatives dominate the first steps'
+# loss): Deformable DETR (fundamentalvision/Deformable-DETR `models/deformable_detr.py`) and
+# Conditional DETR (`models/conditional_detr.py`). A head re-initialised for a data set's classes gets
+# it too. model_type -> the class head (a Linear, or a ModuleList of per-layer Linears)
+CLASS_PRIOR_HEADS = {"deformable_detr": "class_embed", "conditional_detr": "class_labels_classifier"}
+CLASS_PRIOR = 0.01
+
+
 def init_as_reference(model, new_keys=None) -> list[str]:
     """Draw the weights of `model` that its family's reference code draws otherwise than transformers
-    (REFERENCE_INIT), those among `new_keys` (parameter names the checkpoint did not provide; None:
-    a random-init model). Returns the parameter names drawn."""
+    (REFERENCE_INIT, CLASS_PRIOR_HEADS), those among `new_keys` (parameter names the checkpoint did
+    not provide or that were re-initialised for the data set's classes; None: a random-init model).
+    Returns the parameter names drawn."""
     import torch
 
-    if model.config.model_type not in REFERENCE_INIT:
-        return []
-    queries, transformer, attached_later = REFERENCE_INIT[model.config.model_type]
+    model_type = model.config.model_type
+    drawn = []
+    if model_type in CLASS_PRIOR_HEADS:
+        head = CLASS_PRIOR_HEADS[model_type]
+        bias = -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR)
+        for key, parameter in model.named_parameters():
+            if re.fullmatch(rf"{re.escape(head)}(\.\d+)?\.bias", key) and (new_keys is None or key in new_keys):
+                with torch.no_grad():
+                    parameter.fill_(bias)
+                drawn.append(key)
+    if model_type not in REFERENCE_INIT:
+        return drawn
+    queries, transformer, attached_later = REFERENCE_INIT[model_type]
     # DAB-DETR's random_refpoints_xy: x, y of the anchors uniform in (0, 1) through inverse sigmoid,
     # frozen; transformers draws those as the reference does.
     keep_queries = bool(getattr(model.config, "random_refpoints_xy", False))
-    drawn = []
     for module_name, module in model.named_modules():
         is_queries = module_name.rsplit(".", 1)[-1] == queries and isinstance(module, torch.nn.Embedding)
         in_transformer = any(module_name == t or module_name.endswith("." + t) for t in transformer)
@@ -266,7 +288,6 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
         except Exception as err:  # no weights file, a truncated one (SafetensorError), a torn download
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise RecipeError(f"model.name '{name}': its weights could not be loaded ({first}); give a complete checkpoint, or set model.pretrained = false to train from random weights") from None
-        init_as_reference(model, set(info.get("missing_keys") or []))
         mismatched = list(info.get("mismatched_keys") or [])
         if mismatched:
             rows = checkpoint_label_rows(config, class_names)
@@ -282,6 +303,7 @@ def load_model(name: str, pretrained: bool, task: str, class_names: list[str], m
                 reinitialised = sorted(key for key, _, _ in mismatched)
         else:
             reinitialised = _same_size_head(model, auto, config, name, class_names)
+        init_as_reference(model, set(info.get("missing_keys") or []) | set(reinitialised))
         if reinitialised:
             log.warning(
                 f"model.name '{name}': head re-initialised for the data set's {len(class_names)} classes (the checkpoint's "
